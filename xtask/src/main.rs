@@ -1,4 +1,51 @@
 //! `cargo xtask`: the project's automation, in Rust instead of shell scripts.
-fn main() -> anyhow::Result<()> {
-    Ok(())
+//!
+//! | command | what it does |
+//! |---|---|
+//! | `cargo xtask ci` | every check and test: fmt, clippy, unit + integration tests, then the rest below |
+//!
+//! Each command lives in its own module; this file only dispatches.
+
+use std::process::ExitCode;
+
+mod ci;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  ci        run every check and test (the README's test command)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "ci" => ci::run(rest),
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        other => {
+            eprintln!("xtask: unknown command `{other}`\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask {command}: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root: xtask is always run through cargo, from anywhere in the workspace.
+fn project_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
 }
