@@ -1,0 +1,3 @@
+//! `cargo xtask e2e`: the end-to-end proofs on the Swarm stack.
+
+pub(crate) mod http;
