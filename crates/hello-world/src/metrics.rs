@@ -200,13 +200,45 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Every metric in the Prometheus text format (version 0.0.4), which every scraper and
+    /// `promtool check metrics` read.
     pub fn render(&self) -> String {
-        let mut text = String::with_capacity(8 * 1024);
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+        let mut open_metrics = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry)
             .expect("writing to a String cannot fail");
-        text
+        to_prometheus_text(&open_metrics)
     }
+}
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Turns the client library's OpenMetrics text into the Prometheus text format: a counter
+/// family is named with its `_total` suffix in `# HELP`/`# TYPE` (OpenMetrics names the family
+/// without it, which the Prometheus format reads as samples with no help), and the
+/// OpenMetrics-only `# UNIT` and `# EOF` lines go.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let mut text = String::with_capacity(open_metrics.len());
+    let mut lines = open_metrics.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or("");
+            let counter_type = format!("# TYPE {name} counter");
+            if lines.peek() == Some(&counter_type.as_str()) {
+                lines.next();
+                let help = &rest[name.len()..];
+                let _ = writeln!(text, "# HELP {name}_total{help}");
+                let _ = writeln!(text, "# TYPE {name}_total counter");
+                continue;
+            }
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
 }
 
 /// Decrements its gauge when dropped, so early returns and panics cannot leak a count.
@@ -350,7 +382,18 @@ mod tests {
         assert!(text.contains("hello_world_build_info{"), "{text}");
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
         assert!(text.contains("process_cpu_seconds_total "), "{text}");
-        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(
+            text.contains("# TYPE http_requests_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP http_requests_total HTTP requests"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
     }
 
     #[test]

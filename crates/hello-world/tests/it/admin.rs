@@ -52,10 +52,10 @@ async fn metrics_are_labelled_by_route_template() {
         "# TYPE http_requests_in_flight gauge",
         "# TYPE hello_world_build_info gauge",
         "# TYPE process_resident_memory_bytes gauge",
-        "# TYPE process_cpu_seconds counter",
+        "# TYPE process_cpu_seconds_total counter",
         "# TYPE process_open_fds gauge",
         "# TYPE process_start_time_seconds gauge",
-        "# TYPE store_operations counter",
+        "# TYPE store_operations_total counter",
     ] {
         assert!(text.contains(name), "{name} missing from\n{text}");
     }
@@ -128,4 +128,34 @@ fn exit_simulates_a_crash_with_a_failure_status() {
     assert_eq!(answer.status, StatusCode::ACCEPTED);
     let (code, _) = process.wait_exit(std::time::Duration::from_secs(5));
     assert_eq!(code, Some(hello_world::admin::CRASH_EXIT_CODE));
+}
+
+/// `promtool check metrics` is Prometheus' own linter: naming, help text, units.
+#[tokio::test]
+async fn metrics_pass_the_prometheus_linter() {
+    let app = spawn_app().await;
+    app.get("/").await;
+    app.get("/nope").await;
+    let text = app.admin(Method::GET, "/metrics", "").await.text();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package `prometheus`; .ci/run installs it)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let output = promtool.wait_with_output().expect("promtool runs");
+    assert!(
+        output.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
