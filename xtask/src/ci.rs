@@ -9,5 +9,8 @@ pub(crate) fn run(_args: &[String]) -> Result<()> {
     cmd!(sh, "cargo fmt --all -- --check").run()?;
     cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
     cmd!(sh, "cargo nextest run --workspace --no-fail-fast").run()?;
+    // The image (hadolint, then built by e2e), the Swarm stack and the proofs on it.
+    crate::image::lint_dockerfile(&sh)?;
+    crate::e2e::run(&[])?;
     Ok(())
 }

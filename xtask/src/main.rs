@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         "ci" => ci::run(rest),
         "image" => image::run(rest),
         "stack" => stack::run(rest),
+        "e2e" => e2e::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -75,7 +75,9 @@ pub(crate) fn up(sh: &Shell) -> Result<()> {
         },
     )?;
     wait_until(UP_TIMEOUT, "the load balancer to answer 200 on /", || {
-        Ok(http::get(LB_ADDR, "/").is_ok_and(|r| r.status == 200))
+        // `x-served-by` shows the answer came from a replica, not from the balancer itself.
+        Ok(http::get(LB_ADDR, "/")
+            .is_ok_and(|r| r.status == 200 && r.header("x-served-by").is_some()))
     })?;
     eprintln!("stack: ready in {:.1?}", started.elapsed());
     Ok(())
