@@ -45,6 +45,11 @@ const PROOFS: &[Proof] = &[
         run: proofs::spread,
     },
     Proof {
+        name: "isolation",
+        claim: "portability / isolation: the ≤ 8 MiB scratch image runs as 65532:65532, read-only, with no capabilities",
+        run: proofs::isolation,
+    },
+    Proof {
         name: "replica-killed",
         claim: "reliable when a machine fails: SIGKILL a replica under load, no failed request, 3/3 back",
         run: proofs::replica_killed,

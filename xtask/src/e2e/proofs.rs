@@ -111,6 +111,101 @@ pub(super) fn spread(ctx: &Ctx) -> Result<Figures> {
     ])
 }
 
+/// What the engine and the kernel say about the running replicas: the image is small, and each
+/// process runs as 65532 with a read-only root and an empty capability set. The kernel's view
+/// (`/proc/<pid>/status` of the replica's process) is the one that counts: it shows that Swarm
+/// applied `cap_drop` and `read_only`, not only that the stack file asks for them.
+pub(super) fn isolation(ctx: &Ctx) -> Result<Figures> {
+    const MAX_IMAGE: u64 = 8 << 20;
+    let sh = &ctx.sh;
+    let format = "{{.Size}}";
+    let tag = crate::image::DEV_TAG;
+    let size: u64 = cmd!(sh, "docker image inspect --format {format} {tag}")
+        .quiet()
+        .read()?
+        .trim()
+        .parse()?;
+    ensure!(size <= MAX_IMAGE, "the image is {size} bytes, above 8 MiB");
+    let replicas = stack::task_containers(sh, WEB)?;
+    ensure!(
+        replicas.len() == 3,
+        "expected 3 running replicas, found {}",
+        replicas.len()
+    );
+    let mut seen = Vec::new();
+    for (id, name) in &replicas {
+        let format = "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} {{.State.Pid}}";
+        let inspect = cmd!(sh, "docker inspect --format {format} {id}")
+            .quiet()
+            .read()?;
+        let fields: Vec<&str> = inspect.split_whitespace().collect();
+        let [user, read_only, cap_drop, pid] = fields.as_slice() else {
+            bail!("unexpected docker inspect output {inspect:?}");
+        };
+        ensure!(
+            *user == "65532:65532",
+            "{}: runs as {user:?}",
+            short_name(name)
+        );
+        ensure!(
+            *read_only == "true",
+            "{}: the root filesystem is writable",
+            short_name(name)
+        );
+        ensure!(
+            *cap_drop == "[ALL]",
+            "{}: CapDrop is {cap_drop}, not [ALL]",
+            short_name(name)
+        );
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status of {}", short_name(name)))?;
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        ensure!(
+            field("Uid:").iter().all(|u| *u == "65532"),
+            "{}: uids {:?}",
+            short_name(name),
+            field("Uid:")
+        );
+        ensure!(
+            field("Gid:").iter().all(|g| *g == "65532"),
+            "{}: gids {:?}",
+            short_name(name),
+            field("Gid:")
+        );
+        for caps in ["CapPrm:", "CapEff:", "CapBnd:"] {
+            ensure!(
+                field(caps)
+                    .first()
+                    .is_some_and(|c| c.chars().all(|d| d == '0')),
+                "{}: {caps} {:?}",
+                short_name(name),
+                field(caps)
+            );
+        }
+        seen.push(format!(
+            "{}: uid/gid 65532, read-only root, CapEff {}, CapBnd {}",
+            short_name(name),
+            field("CapEff:").join(""),
+            field("CapBnd:").join("")
+        ));
+    }
+    let mut figures = vec![fig(
+        "image",
+        format!(
+            "{tag}: {:.2} MiB (limit 8 MiB), FROM scratch",
+            size as f64 / f64::from(1 << 20)
+        ),
+    )];
+    figures.extend(seen.into_iter().map(|s| fig("replica", s)));
+    Ok(figures)
+}
+
 /// SIGKILL one replica under load: the balancer retries what it sent there, Swarm replaces it.
 pub(super) fn replica_killed(ctx: &Ctx) -> Result<Figures> {
     let sh = &ctx.sh;
