@@ -662,7 +662,11 @@ mod tests {
         assert_eq!(s.unidentified, 1);
         assert_eq!(s.retries, 1);
         assert_eq!(s.connections, 2);
-        assert!((s.latency_ms.max - 4.0).abs() < 0.01, "max {}", s.latency_ms.max);
+        assert!(
+            (s.latency_ms.max - 4.0).abs() < 0.01,
+            "max {}",
+            s.latency_ms.max
+        );
         assert_eq!(s.share("alpha"), 0.5);
     }
 
