@@ -188,10 +188,10 @@ impl Plan {
         let host_value = HeaderValue::from_str(authority.as_str())
             .map_err(|_| bad(format!("invalid URL {raw:?}: host")))?;
         headers.insert(header::HOST, host_value);
-        headers.insert(
-            header::USER_AGENT,
-            HeaderValue::from_static(concat!("hello-world-check/", env!("CARGO_PKG_VERSION"))),
-        );
+        let agent = format!("hello-world-check/{}", crate::VERSION);
+        let agent = HeaderValue::from_str(&agent)
+            .unwrap_or_else(|_| HeaderValue::from_static("hello-world-check"));
+        headers.insert(header::USER_AGENT, agent);
         for line in &args.headers {
             let (name, value) = parse_header(line)?;
             // The user's Host or User-Agent replaces ours; other repeated names add up.

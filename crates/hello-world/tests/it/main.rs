@@ -1,3 +1,10 @@
-//! The integration tests: one binary, one module per behaviour.
+//! One integration-test binary, one file per behaviour (see `helpers` for how servers start).
 
+mod helpers;
+
+mod admin;
 mod check;
+mod cli;
+mod listener;
+mod routes;
+mod shutdown;
