@@ -1,6 +1,7 @@
-//! `hello-world check` against in-process servers on 127.0.0.1: how it counts replicas,
-//! statuses and transport errors, what its JSON holds, its exit statuses, and that retries
-//! with idempotency keys resend the same key.
+//! `hello-world check` against in-process servers on 127.0.0.1 (the service itself, and small
+//! stand-ins for what the service never does: failing on purpose, never answering, closing
+//! connections early): how it counts replicas, statuses and transport errors, what its JSON
+//! holds, its exit statuses, and that retries with idempotency keys resend the same key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +18,8 @@ use hello_world::check::{CheckArgs, Outcome, execute};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::helpers::{spawn_app, spawn_app_with};
 
 /// Wraps the flags the way the binary's `check` subcommand does.
 #[derive(Debug, Parser)]
@@ -554,4 +557,110 @@ async fn the_human_report_shows_the_replica_table() {
     assert!(report.contains("status     200: 10"), "{report}");
     assert!(report.contains("p99.9"), "{report}");
     assert!(report.trim_end().ends_with("PASS"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_service_replicas_behind_a_balancer_each_serve_half_and_announce_their_version() {
+    let a = spawn_app_with(|c| c.instance_name = "hello-a".to_owned()).await;
+    let b = spawn_app_with(|c| c.instance_name = "hello-b".to_owned()).await;
+    let lb = spawn_balancer(vec![a.public, b.public]).await;
+    let (exit, json) = check_json(&[
+        &url(lb, "/"),
+        "-n",
+        "60",
+        "-c",
+        "3",
+        "--new-connection",
+        "--expect-replicas",
+        "2",
+        "--min-share",
+        "0.5",
+    ])
+    .await;
+    assert_eq!(exit, 0, "{json}");
+    assert_eq!(count(&json, "replicas", "hello-a"), 30);
+    assert_eq!(count(&json, "replicas", "hello-b"), 30);
+    assert_eq!(count(&json, "versions", hello_world::VERSION), 60);
+    assert_eq!(json["replica_versions"]["hello-a"], hello_world::VERSION);
+    assert_eq!(count(&json, "status", "200"), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_status_route_is_counted_as_failures() {
+    let app = spawn_app().await;
+    let (exit, json) = check_json(&[
+        &format!("{}/status/500", app.public_url()),
+        "-n",
+        "20",
+        "-c",
+        "4",
+    ])
+    .await;
+    assert_eq!(exit, 1, "{json}");
+    assert_eq!(count(&json, "status", "500"), 20);
+    assert_eq!(json["errors"], 20);
+    assert_eq!(count(&json, "replicas", "test-replica"), 20);
+}
+
+/// Runs the built binary's `check` subcommand: exit status, stdout, stderr.
+async fn check_binary(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hello-world"))
+        .arg("check")
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the check process finishes")
+        .expect("the check process runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_exits_0_on_pass_1_on_failure_and_2_on_bad_arguments() {
+    let app = spawn_app().await;
+    let target = format!("{}/", app.public_url());
+
+    let (code, stdout, _) = check_binary(&[&target, "-n", "20", "--json"]).await;
+    assert_eq!(code, Some(0), "{stdout}");
+    let json: Value = serde_json::from_str(&stdout).expect("--json prints JSON");
+    assert_eq!(json["ok"], 20);
+
+    let (code, stdout, _) = check_binary(&[&target, "-n", "5"]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("test-replica"), "{stdout}");
+
+    let failing = format!("{}/status/503", app.public_url());
+    let (code, _, _) = check_binary(&[&failing, "-n", "5", "-q"]).await;
+    assert_eq!(code, Some(1));
+
+    let (code, _, _) = check_binary(&[&target, "-n", "5", "--expect-replicas", "3"]).await;
+    assert_eq!(code, Some(1));
+
+    let dead = url(closed_port().await, "/");
+    let (code, stdout, _) = check_binary(&[&dead, "-z", "30s"]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stdout.contains("connection refused to 127.0.0.1:"),
+        "{stdout}"
+    );
+
+    // Rejected by clap, and by the check's own validation: both exit 2 with a message.
+    let (code, _, stderr) = check_binary(&[&target, "--concurrency", "many"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    for bad in [
+        vec![target.as_str(), "-c", "0"],
+        vec![target.as_str(), "-H", "no-colon"],
+        vec!["ftp://127.0.0.1/"],
+    ] {
+        let (code, stdout, stderr) = check_binary(&bad).await;
+        assert_eq!(code, Some(2), "{bad:?}: {stderr}");
+        assert_eq!(stdout, "");
+        assert_eq!(stderr.lines().count(), 1, "{bad:?}: one line: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+    }
 }
