@@ -329,9 +329,16 @@ impl Outcome {
     }
 }
 
-/// Runs a check and prints its report; the exit code for `main`.
+/// Runs a check and prints its report; the exit code for `main`. Ctrl-C stops the run early
+/// and still prints what it saw.
 pub async fn run(args: CheckArgs) -> ExitCode {
-    let outcome = execute(args).await;
+    let interrupt = async {
+        // Without signal support there is nothing to wait for: the run goes to its end.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let outcome = execute_until(args, interrupt).await;
     print!("{}", outcome.stdout);
     eprint!("{}", outcome.stderr);
     ExitCode::from(outcome.exit)
@@ -339,6 +346,15 @@ pub async fn run(args: CheckArgs) -> ExitCode {
 
 /// Runs a check without printing: what [`run`] would print, and its exit status.
 pub async fn execute(args: CheckArgs) -> Outcome {
+    execute_until(args, std::future::pending()).await
+}
+
+/// Like [`execute`], but `interrupt` completing stops the run early (it then fails, with
+/// "interrupted" among its reasons).
+pub async fn execute_until(
+    args: CheckArgs,
+    interrupt: impl Future<Output = ()> + Send + 'static,
+) -> Outcome {
     let plan = match Plan::new(&args) {
         Ok(plan) => Arc::new(plan),
         Err(e) => return Outcome::failed(2, e.to_string()),
@@ -357,7 +373,7 @@ pub async fn execute(args: CheckArgs) -> Outcome {
         return Outcome::failed(1, format!("cannot resolve {}: no address", plan.host));
     }
 
-    let measured = runner::drive(plan.clone(), addrs.into()).await;
+    let measured = runner::drive(plan.clone(), addrs.into(), interrupt).await;
     let summary = Summary::new(
         plan.run_info(),
         &measured.tally,

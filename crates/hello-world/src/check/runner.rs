@@ -77,7 +77,13 @@ impl Shared {
 }
 
 /// Runs the plan against the resolved addresses and returns what every worker saw.
-pub(crate) async fn drive(plan: Arc<Plan>, addrs: Arc<[SocketAddr]>) -> Measured {
+/// `interrupt` ends the run early: no new request starts once it completes, the ones in
+/// flight finish, and the run is reported as stopped early.
+pub(crate) async fn drive(
+    plan: Arc<Plan>,
+    addrs: Arc<[SocketAddr]>,
+    interrupt: impl Future<Output = ()> + Send + 'static,
+) -> Measured {
     let workers = match plan.stop {
         Stop::Count(n) => plan
             .concurrency
@@ -102,6 +108,13 @@ pub(crate) async fn drive(plan: Arc<Plan>, addrs: Arc<[SocketAddr]>) -> Measured
     let handles: Vec<_> = (0..workers)
         .map(|id| tokio::spawn(Worker::new(shared.clone(), id).run()))
         .collect();
+    let watcher = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            interrupt.await;
+            shared.abort("interrupted".to_owned());
+        })
+    };
     let mut tally = Tally::new(plan.histogram_ceiling());
     for handle in handles {
         match handle.await {
@@ -111,6 +124,7 @@ pub(crate) async fn drive(plan: Arc<Plan>, addrs: Arc<[SocketAddr]>) -> Measured
             Err(e) => shared.abort(format!("a worker stopped: {e}")),
         }
     }
+    watcher.abort();
     let elapsed = started.elapsed();
     let aborted = shared
         .abort_reason

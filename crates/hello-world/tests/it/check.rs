@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use clap::Parser;
-use hello_world::check::{CheckArgs, Outcome, execute};
+use hello_world::check::{CheckArgs, Outcome, execute, execute_until};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -663,4 +663,26 @@ async fn the_binary_exits_0_on_pass_1_on_failure_and_2_on_bad_arguments() {
         assert_eq!(stderr.lines().count(), 1, "{bad:?}: one line: {stderr}");
         assert!(stderr.starts_with("error: "), "{stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_stops_early_and_still_reports() {
+    let app = spawn_app().await;
+    let cli = Cli::try_parse_from(["check", &app.public_url(), "-z", "60s", "-c", "2", "--json"])
+        .expect("clap accepts the arguments");
+    let (interrupt, interrupted) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(execute_until(cli.check, async {
+        let _ = interrupted.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    interrupt.send(()).expect("the run is waiting");
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the run stops")
+        .expect("the run completes");
+    assert_eq!(outcome.exit, 1);
+    let json: Value = serde_json::from_str(&outcome.stdout).expect("JSON");
+    assert!(json["ok"].as_u64().expect("ok") > 0, "{json}");
+    assert_eq!(json["errors"], 0);
+    assert_eq!(json["verdict"]["reasons"][0], "stopped early: interrupted");
 }
