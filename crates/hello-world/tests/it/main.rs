@@ -3,6 +3,7 @@
 mod helpers;
 
 mod admin;
+mod check;
 mod cli;
 mod listener;
 mod routes;
