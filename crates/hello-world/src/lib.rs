@@ -1,1 +1,3 @@
+//! hello-world: the greeting service and its shared state.
 
+pub mod store;

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 pub mod memory;
+pub mod redis;
 
 /// A store-wide, strictly increasing version number; the kv ETag.
 pub type Version = u64;
@@ -29,6 +30,15 @@ pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 pub struct Entry {
     pub value: Bytes,
     pub version: Version,
+}
+
+/// The outcome of a successful `put`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The version the value was written with: the new ETag.
+    pub version: Version,
+    /// True when the key was absent before (HTTP 201), false when a value was replaced (200).
+    pub created: bool,
 }
 
 /// The precondition of a write, from `If-Match` / `If-None-Match`.
@@ -74,13 +84,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The value and version of `key`, or None.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Entry>, StoreError>>;
 
-    /// Writes `value` if `condition` holds; returns the new version.
+    /// Writes `value` if `condition` holds; returns the new version and whether it created the key.
     fn put<'a>(
         &'a self,
         key: &'a str,
         value: Bytes,
         condition: Condition,
-    ) -> BoxFuture<'a, Result<Version, StoreError>>;
+    ) -> BoxFuture<'a, Result<Written, StoreError>>;
 
     /// Deletes `key` if `condition` holds; Ok(false) when it was already absent
     /// (and the condition allows absence).
