@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 pub mod memory;
+pub mod metered;
 pub mod redis;
 
 /// A store-wide, strictly increasing version number; the kv ETag.

@@ -129,11 +129,14 @@ impl RedisStore {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
-            // Reconnection retries back off from 50 ms to at most 1 s, so a Redis that comes
-            // back is found within about a second; callers never wait longer than `timeout`.
+            // A connection attempt retries twice within a few hundred milliseconds: enough to
+            // ride through a blip, short enough that calls fail fast (503) while Redis is down
+            // instead of all waiting out the timeout. The next call after a failed attempt
+            // starts a new one, so the readiness probe's ping finds Redis within a second of
+            // its return.
             .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(6);
+            .set_max_delay(Duration::from_millis(250))
+            .set_number_of_retries(2);
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|err| InvalidRedisUrl(err.to_string()))?;
         Ok(Self {

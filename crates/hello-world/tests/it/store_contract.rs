@@ -548,7 +548,10 @@ async fn every_key_lives_under_the_prefix_and_records_expire() {
         .iter()
         .find(|key| key.contains("req"))
         .expect("the idempotency record");
-    let ttl: i64 = ::redis::cmd("TTL").arg(record).query(&mut raw).expect("TTL");
+    let ttl: i64 = ::redis::cmd("TTL")
+        .arg(record)
+        .query(&mut raw)
+        .expect("TTL");
     let retention = i64::try_from(IDEMPOTENCY_RETENTION.as_secs()).expect("small");
     assert!(
         (retention - 60..=retention).contains(&ttl),
