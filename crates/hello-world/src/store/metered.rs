@@ -89,6 +89,14 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
     fn observe(&self, op: Op, outcome: Outcome, elapsed: Duration);
 }
 
+/// The service's metrics count calls and failures by operation; a conflict is an answer, not a
+/// failure.
+impl Observer for crate::metrics::Metrics {
+    fn observe(&self, op: Op, outcome: Outcome, _elapsed: Duration) {
+        self.record_store_operation(op.as_str(), outcome.is_error());
+    }
+}
+
 /// Wraps a store and reports each of its calls.
 #[derive(Debug)]
 pub struct Metered {

@@ -115,3 +115,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Succeeds when the store answers; drives readiness.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
+
+/// Opens the store the configuration names: Redis when a URL is given, else in memory.
+/// Every call through the returned store is counted in [`Metrics`](crate::metrics::Metrics).
+///
+/// Never waits for Redis: a server whose Redis is down at start starts anyway and reports
+/// not-ready until the store answers.
+pub async fn open(
+    config: &crate::config::Config,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let inner: std::sync::Arc<dyn Store> = match &config.redis_url {
+        None => std::sync::Arc::new(memory::MemoryStore::new()),
+        Some(url) => {
+            let store = redis::RedisStore::connect(url, config.store_timeout)
+                .map_err(|err| anyhow::anyhow!("--redis-url / HELLO_REDIS_URL: {err}"))?;
+            tracing::info!(address = store.address(), timeout = ?config.store_timeout, "store: redis");
+            std::sync::Arc::new(store)
+        }
+    };
+    Ok(std::sync::Arc::new(metered::Metered::new(inner, metrics)))
+}

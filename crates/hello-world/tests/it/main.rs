@@ -1,4 +1,11 @@
-//! The one integration-test binary: a module per behaviour.
+//! One integration-test binary, one file per behaviour (see `helpers` for how servers start).
 
+mod helpers;
 mod redis_server;
+
+mod admin;
+mod cli;
+mod listener;
+mod routes;
+mod shutdown;
 mod store_contract;
