@@ -8,4 +8,5 @@ mod cli;
 mod listener;
 mod routes;
 mod shutdown;
+mod state_routes;
 mod store_contract;
