@@ -7,6 +7,7 @@ mod admin;
 mod cli;
 mod listener;
 mod routes;
+mod shared_state;
 mod shutdown;
 mod state_routes;
 mod store_contract;
