@@ -154,8 +154,7 @@ parse_args() {
                 set_option "$name" "$value"
                 ;;
             --*)
-                (($#)) || usage_error "$arg needs a value"
-                set_option "$arg" "$1"
+                set_option "$arg" "${1-}"
                 shift
                 ;;
             *) usage_error "unexpected argument: $arg" ;;
@@ -164,20 +163,21 @@ parse_args() {
 }
 
 set_option() {
-    local name="$1" value="$2"
-    [[ -n "$value" ]] || usage_error "$name needs a non-empty value"
+    local name="$1" value="$2" variable
     case "$name" in
-        --project) project="$value" ;;
-        --zone) zone="$value" ;;
-        --region) region="$value" ;;
-        --cluster) cluster="$value" ;;
-        --nodes) nodes="$value" ;;
-        --machine-type) machine_type="$value" ;;
-        --repository) repository="$value" ;;
-        --tag) tag="$value" ;;
-        --redis-image) redis_image="$value" ;;
+        --project) variable=project ;;
+        --zone) variable=zone ;;
+        --region) variable=region ;;
+        --cluster) variable=cluster ;;
+        --nodes) variable=nodes ;;
+        --machine-type) variable=machine_type ;;
+        --repository) variable=repository ;;
+        --tag) variable=tag ;;
+        --redis-image) variable=redis_image ;;
         *) usage_error "unknown option: $name" ;;
     esac
+    [[ -n "$value" ]] || usage_error "$name needs a value"
+    printf -v "$variable" '%s' "$value"
 }
 
 resolve_settings() {
