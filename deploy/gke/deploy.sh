@@ -10,13 +10,16 @@
 #   deploy/gke/deploy.sh --project=MY_PROJECT --dry-run  print every command, run none
 #   deploy/gke/deploy.sh --project=MY_PROJECT --delete   tear everything down
 #
-# Every value has a flag and an environment variable; see `--help`. The repository is never
-# modified: the image reference goes into a throw-away overlay in a temporary directory.
+# Every value has a flag and an environment variable; see `--help`. No tracked file is modified:
+# the image references go into a throw-away overlay under the git-ignored target/ directory.
 set -euo pipefail
 # A failure inside $(...) stops the script too, not just the substitution.
 shopt -s inherit_errexit
 
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# Found with builtins only (no dirname), so a dry run needs nothing but bash.
+script="${BASH_SOURCE[0]}"
+[[ "$script" == */* ]] || script="./$script"
+root="$(cd "${script%/*}/../.." && pwd)"
 readonly root
 # The image name the gke overlay renders; the throw-away overlay replaces it with the pushed image.
 readonly overlay_image="us-central1-docker.pkg.dev/PROJECT_ID/hello-world/hello-world"
@@ -258,27 +261,28 @@ deploy() {
     redis_digest="$(push_and_pin "$redis_image" "$redis_mirror:${redis_image##*:}")"
 
     step "apply"
+    # Kustomize takes only relative resource paths, so the throw-away overlay lives under the
+    # git-ignored target/ directory, two levels below the root, and is removed on exit.
     local overlay
-    overlay="$(capture "${TMPDIR:-/tmp}/hello-world-gke.XXXXXXXXXX" \
-        mktemp -d "${TMPDIR:-/tmp}/hello-world-gke.XXXXXXXXXX")"
+    run mkdir -p "$root/target"
+    overlay="$(capture "$root/target/gke-overlay.XXXXXXXXXX" \
+        mktemp -d "$root/target/gke-overlay.XXXXXXXXXX")"
     ((dry_run)) || workdir="$overlay"
+    # printf, not cat: a dry run needs nothing but bash.
     local kustomization
-    kustomization="$(
-        cat <<EOF
-# Throw-away overlay written by deploy/gke/deploy.sh: the gke overlay with the pushed images.
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - $root/deploy/k8s/overlays/gke
-images:
-  - name: $overlay_image
-    newName: $image
-    digest: $digest
-  - name: redis
-    newName: $redis_mirror
-    digest: $redis_digest
-EOF
-    )"
+    kustomization="$(printf '%s\n' \
+        "# Throw-away overlay written by deploy/gke/deploy.sh: the gke overlay with the pushed images." \
+        "apiVersion: kustomize.config.k8s.io/v1beta1" \
+        "kind: Kustomization" \
+        "resources:" \
+        "  - ../../deploy/k8s/overlays/gke" \
+        "images:" \
+        "  - name: $overlay_image" \
+        "    newName: $image" \
+        "    digest: $digest" \
+        "  - name: redis" \
+        "    newName: $redis_mirror" \
+        "    digest: $redis_digest")"
     printf '+ cat > %s/kustomization.yaml <<EOF\n%s\nEOF\n' "$overlay" "$kustomization" >&3
     ((dry_run)) || printf '%s\n' "$kustomization" >"$overlay/kustomization.yaml"
     run kubectl apply -k "$overlay"
