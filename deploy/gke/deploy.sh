@@ -257,7 +257,8 @@ deploy() {
     local digest redis_digest
     digest="$(push_and_pin hello-world:dev "$image:$tag")"
     step "Redis mirrored as $redis_mirror"
-    run docker pull "$redis_image"
+    # GKE nodes are x86-64 whatever machine deploys from.
+    run docker pull --platform=linux/amd64 "$redis_image"
     redis_digest="$(push_and_pin "$redis_image" "$redis_mirror:${redis_image##*:}")"
 
     step "apply"
