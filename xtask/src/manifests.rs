@@ -9,9 +9,11 @@
 //! 5. `deploy/gke/deploy.sh` passes `bash -n` and `shellcheck`, and its `--dry-run` succeeds with
 //!    an empty PATH: it prints the cloud commands without needing any of them installed.
 //!
-//! The tools come from `deploy/k8s/requirements-ci.txt` (PyPI); a missing one is an error that
-//! says how to install it, never a skipped step.
+//! The tools come from `deploy/k8s/requirements-ci.txt` (PyPI), installed into `.venv/` at the
+//! root (see [`INSTALL_HINT`]); they are looked up on PATH, then in `.venv/bin`. A missing one is
+//! an error that says how to install it, never a skipped step.
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -34,16 +36,19 @@ const TOOLS: [&str; 5] = [
     "hadolint",
     "shellcheck",
 ];
-const INSTALL_HINT: &str = "run .ci/run's install step \
-     (python3 -m venv .venv && .venv/bin/pip install -r deploy/k8s/requirements-ci.txt, \
-     then put .venv/bin on PATH)";
+/// Where the tools are installed when PATH does not have them, relative to the root.
+const VENV_BIN: &str = ".venv/bin";
+const INSTALL_HINT: &str = "run .ci/run's install step, or by hand: \
+     python3 -m venv .venv && .venv/bin/pip install -r deploy/k8s/requirements-ci.txt";
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     ensure!(args.is_empty(), "takes no arguments, got {args:?}");
     let root = crate::project_root();
     let sh = Shell::new()?;
     sh.change_dir(&root);
-    require_tools()?;
+    let search_path = tool_search_path(&root)?;
+    sh.set_var("PATH", &search_path);
+    require_tools(&search_path)?;
 
     let rendered = sh.create_temp_dir()?;
     let overlays = overlay_dirs(&root)?;
@@ -94,23 +99,30 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn require_tools() -> Result<()> {
+/// PATH with the project's tool environment appended, so an activated environment or a system
+/// install still wins.
+fn tool_search_path(root: &Path) -> Result<OsString> {
+    let inherited = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&inherited).chain([root.join(VENV_BIN)]);
+    Ok(std::env::join_paths(dirs)?)
+}
+
+fn require_tools(search_path: &OsStr) -> Result<()> {
     let missing: Vec<&str> = TOOLS
         .into_iter()
-        .filter(|tool| find_on_path(tool).is_none())
+        .filter(|tool| find_on_path(search_path, tool).is_none())
         .collect();
     ensure!(
         missing.is_empty(),
-        "not on PATH: {}; {INSTALL_HINT}",
+        "not on PATH nor in {VENV_BIN}: {}; {INSTALL_HINT}",
         missing.join(", ")
     );
     Ok(())
 }
 
-/// Where PATH finds a program, as `command -v` would.
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+/// Where a search path finds a program, as `command -v` would.
+fn find_on_path(search_path: &OsStr, program: &str) -> Option<PathBuf> {
+    std::env::split_paths(search_path)
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
 }
@@ -176,7 +188,8 @@ fn skip_has_reason(value: &str) -> bool {
 /// `--dry-run` must work where no cloud tool is installed: run it with an empty PATH (bash by its
 /// absolute path, the tag given so git is not needed either).
 fn dry_run_needs_no_tools(sh: &Shell, root: &Path) -> Result<()> {
-    let bash = find_on_path("bash").context("bash is not on PATH")?;
+    let bash = find_on_path(&std::env::var_os("PATH").unwrap_or_default(), "bash")
+        .context("bash is not on PATH")?;
     let empty = sh.create_temp_dir()?;
     let script = root.join(DEPLOY_SCRIPT);
     let output = cmd!(

@@ -4,7 +4,8 @@
 //! resources, image name and store are read from both and compared with each other and with the
 //! contract table in ARCHITECTURE.md. The GKE script's dry run is held to the seed's commands.
 //!
-//! Nothing here is skipped: without kubectl the tests fail and say how to install it.
+//! Nothing here is skipped: without kubectl (on PATH or in the root's `.venv/bin`, where .ci/run
+//! installs it) the tests fail and say how to install it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,9 +24,8 @@ const CPU_REQUEST_MILLIS: u64 = 50;
 const MEMORY_REQUEST_BYTES: u64 = 16 << 20;
 const IMAGE_NAME: &str = "hello-world";
 const REDIS_URL: &str = "redis://redis:6379";
-const INSTALL_HINT: &str = "run .ci/run's install step \
-     (python3 -m venv .venv && .venv/bin/pip install -r deploy/k8s/requirements-ci.txt, \
-     then put .venv/bin on PATH)";
+const INSTALL_HINT: &str = "run .ci/run's install step, or by hand: \
+     python3 -m venv .venv && .venv/bin/pip install -r deploy/k8s/requirements-ci.txt";
 
 // ---------------------------------------------------------------------------------------------
 // The contract table (ARCHITECTURE.md)
@@ -824,8 +824,9 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
 }
 
 fn kubectl(args: &[&str]) -> Output {
-    let kubectl =
-        find_on_path("kubectl").unwrap_or_else(|| panic!("kubectl is not on PATH: {INSTALL_HINT}"));
+    let kubectl = find_on_path("kubectl")
+        .or_else(|| Some(root().join(".venv/bin/kubectl")).filter(|path| path.is_file()))
+        .unwrap_or_else(|| panic!("kubectl is neither on PATH nor in .venv/bin: {INSTALL_HINT}"));
     let output = Command::new(kubectl)
         .args(args)
         .output()
