@@ -21,9 +21,10 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 use xshell::{Shell, cmd};
 
-/// The Kubernetes API versions the manifests must validate against: the oldest minor release the
-/// Kubernetes project still supports and the newest. Both are newer than 1.30, where the
-/// `preStop.sleep` action the Deployment relies on became available by default.
+/// The Kubernetes API versions the manifests must validate against: the newest minor the pinned
+/// kubernetes-validate ships and the one two minors before it (the Kubernetes project maintains
+/// three minors at a time). Both are newer than 1.30, where the `preStop.sleep` action the
+/// Deployment relies on became available by default.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.35.0", "1.37.0"];
 
 const OVERLAYS: &str = "deploy/k8s/overlays";
