@@ -9,5 +9,6 @@ pub(crate) fn run(_args: &[String]) -> Result<()> {
     cmd!(sh, "cargo fmt --all -- --check").run()?;
     cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
     cmd!(sh, "cargo nextest run --workspace --no-fail-fast").run()?;
+    crate::manifests::run(&[])?;
     Ok(())
 }

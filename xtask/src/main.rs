@@ -3,17 +3,20 @@
 //! | command | what it does |
 //! |---|---|
 //! | `cargo xtask ci` | every check and test: fmt, clippy, unit + integration tests, then the rest below |
+//! | `cargo xtask manifests` | render, validate and policy-scan the Kubernetes manifests; lint the Dockerfile and the GKE script |
 //!
 //! Each command lives in its own module; this file only dispatches.
 
 use std::process::ExitCode;
 
 mod ci;
+mod manifests;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci        run every check and test (the README's test command)
+  manifests check the Kubernetes manifests, the Dockerfile and the GKE script offline
 ";
 
 fn main() -> ExitCode {
@@ -24,6 +27,7 @@ fn main() -> ExitCode {
     };
     let result = match command.as_str() {
         "ci" => ci::run(rest),
+        "manifests" => manifests::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
