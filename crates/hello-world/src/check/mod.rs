@@ -38,15 +38,15 @@ pub struct CheckArgs {
     pub url: String,
 
     /// Number of requests to send [default: 200].
-    #[arg(short = 'n', long, conflicts_with = "duration")]
+    #[arg(short = 'n', long, value_name = "N", conflicts_with = "duration")]
     pub requests: Option<u64>,
 
     /// Send requests for this long instead of a fixed number (e.g. 250ms, 10s, 1m).
-    #[arg(short = 'z', long, value_parser = humantime::parse_duration)]
+    #[arg(short = 'z', long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
 
     /// Number of concurrent workers, each with its own connection.
-    #[arg(short = 'c', long, default_value_t = 8)]
+    #[arg(short = 'c', long, default_value_t = 8, value_name = "C")]
     pub concurrency: usize,
 
     /// Open a new TCP connection for every request, so an L4 balancer (a Kubernetes Service)
@@ -71,7 +71,7 @@ pub struct CheckArgs {
     pub json: bool,
 
     /// Largest tolerated share of requests without a 2xx/3xx answer (0.0 to 1.0).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_name = "R")]
     pub max_error_rate: f64,
 
     /// Fail unless at least this many distinct replicas answered.
@@ -91,11 +91,11 @@ pub struct CheckArgs {
     pub retries: u32,
 
     /// Give up on a TCP connect after this long.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
     /// Give up on a response after this long.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
     /// Print nothing when the check passes; on failure print only the reasons (stderr).

@@ -508,11 +508,15 @@ pub fn render(summary: &Summary) -> String {
         let _ = writeln!(out, "  error      {}: {n}   e.g. {message}", kind.as_str());
     }
     let l = &s.latency_ms;
-    let _ = writeln!(
-        out,
-        "  latency    p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3} ms",
-        l.p50, l.p90, l.p99, l.p999, l.max
-    );
+    if s.responses() > 0 {
+        let _ = writeln!(
+            out,
+            "  latency    p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3} ms",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+    } else {
+        let _ = writeln!(out, "  latency    no response to measure");
+    }
     if !s.replicas.is_empty() {
         let width = s
             .replicas
@@ -864,6 +868,17 @@ mod tests {
         );
         assert!(text.contains("FAIL"), "{text}");
         assert!(text.contains("1 of 5 requests failed"), "{text}");
+        assert!(text.contains("latency    p50 1.000"), "{text}");
+    }
+
+    #[test]
+    fn a_report_without_responses_says_there_is_no_latency() {
+        let mut t = tally();
+        t.record_error(ErrorKind::Refused, || {
+            "connection refused to 127.0.0.1:9".to_owned()
+        });
+        let text = render(&summary(&t, &Thresholds::default()));
+        assert!(text.contains("latency    no response to measure"), "{text}");
     }
 
     #[test]

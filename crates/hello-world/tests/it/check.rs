@@ -214,7 +214,10 @@ async fn keep_alive_opens_one_connection_per_worker() {
     let (exit, json) = check_json(&[&url(addr, "/"), "-n", "50", "-c", "5"]).await;
     assert_eq!(exit, 0, "{json}");
     assert_eq!(json["requests"], 50);
-    assert_eq!(json["connections"], 5);
+    // At most one per worker (a worker that starts after the others took every request
+    // opens none), never one per request.
+    let connections = json["connections"].as_u64().expect("connections");
+    assert!((1..=5).contains(&connections), "{json}");
     assert_eq!(count(&json, "replicas", "solo"), 50);
 }
 
