@@ -86,7 +86,8 @@ pub struct CheckArgs {
     #[arg(long)]
     pub idempotency_keys: bool,
 
-    /// Retry a request that failed with a transport error or a 5xx up to N times.
+    /// Retry a request that failed with a transport error or a 5xx up to N times (add
+    /// --idempotency-keys when a repeated request must not take effect twice).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub retries: u32,
 
@@ -163,6 +164,11 @@ impl Plan {
         let authority = uri
             .authority()
             .ok_or_else(|| bad(format!("invalid URL {raw:?}: no host")))?;
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "credentials in the URL are not supported: send them with -H \"Authorization: ...\"",
+            ));
+        }
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -490,6 +496,7 @@ mod tests {
         assert!(rejection(&["https://127.0.0.1/"]).contains("only http://"));
         assert!(rejection(&["http://"]).contains("invalid URL"));
         assert!(rejection(&["http://127.0.0.1:0/"]).contains("port 0"));
+        assert!(rejection(&["http://u:p@127.0.0.1/"]).contains("credentials"));
         assert!(rejection(&["x", "-c", "0"]).contains("--concurrency"));
         assert!(rejection(&["x", "-c", "100000"]).contains("--concurrency"));
         assert!(rejection(&["x", "-n", "0"]).contains("--requests"));
