@@ -38,15 +38,15 @@ pub struct CheckArgs {
     pub url: String,
 
     /// Number of requests to send [default: 200].
-    #[arg(short = 'n', long, conflicts_with = "duration")]
+    #[arg(short = 'n', long, value_name = "N", conflicts_with = "duration")]
     pub requests: Option<u64>,
 
     /// Send requests for this long instead of a fixed number (e.g. 250ms, 10s, 1m).
-    #[arg(short = 'z', long, value_parser = humantime::parse_duration)]
+    #[arg(short = 'z', long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
 
     /// Number of concurrent workers, each with its own connection.
-    #[arg(short = 'c', long, default_value_t = 8)]
+    #[arg(short = 'c', long, default_value_t = 8, value_name = "C")]
     pub concurrency: usize,
 
     /// Open a new TCP connection for every request, so an L4 balancer (a Kubernetes Service)
@@ -71,7 +71,7 @@ pub struct CheckArgs {
     pub json: bool,
 
     /// Largest tolerated share of requests without a 2xx/3xx answer (0.0 to 1.0).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_name = "R")]
     pub max_error_rate: f64,
 
     /// Fail unless at least this many distinct replicas answered.
@@ -86,16 +86,17 @@ pub struct CheckArgs {
     #[arg(long)]
     pub idempotency_keys: bool,
 
-    /// Retry a request that failed with a transport error or a 5xx up to N times.
+    /// Retry a request that failed with a transport error or a 5xx up to N times (add
+    /// --idempotency-keys when a repeated request must not take effect twice).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub retries: u32,
 
     /// Give up on a TCP connect after this long.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
     /// Give up on a response after this long.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
     /// Print nothing when the check passes; on failure print only the reasons (stderr).
@@ -163,6 +164,11 @@ impl Plan {
         let authority = uri
             .authority()
             .ok_or_else(|| bad(format!("invalid URL {raw:?}: no host")))?;
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "credentials in the URL are not supported: send them with -H \"Authorization: ...\"",
+            ));
+        }
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -490,6 +496,7 @@ mod tests {
         assert!(rejection(&["https://127.0.0.1/"]).contains("only http://"));
         assert!(rejection(&["http://"]).contains("invalid URL"));
         assert!(rejection(&["http://127.0.0.1:0/"]).contains("port 0"));
+        assert!(rejection(&["http://u:p@127.0.0.1/"]).contains("credentials"));
         assert!(rejection(&["x", "-c", "0"]).contains("--concurrency"));
         assert!(rejection(&["x", "-c", "100000"]).contains("--concurrency"));
         assert!(rejection(&["x", "-n", "0"]).contains("--requests"));

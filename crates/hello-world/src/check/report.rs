@@ -29,6 +29,16 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in report order.
+    pub const ALL: [ErrorKind; 6] = [
+        Self::Refused,
+        Self::Reset,
+        Self::Timeout,
+        Self::ConnectTimeout,
+        Self::Closed,
+        Self::Other,
+    ];
+
     /// The name used in the JSON object and the human report.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -264,7 +274,7 @@ pub struct Summary {
     pub errors: u64,
     /// Every status received, by code.
     pub status: BTreeMap<u16, u64>,
-    /// Transport errors by kind.
+    /// Transport errors by kind (every kind, zeros included).
     pub error_kinds: BTreeMap<ErrorKind, u64>,
     /// The first error message of each kind.
     pub error_messages: BTreeMap<ErrorKind, String>,
@@ -329,7 +339,11 @@ impl Summary {
             ok,
             errors: tally.requests - ok,
             status: tally.status.clone(),
-            error_kinds: tally.errors.clone(),
+            // Every kind is present, zero or not, so scripts can read any of them directly.
+            error_kinds: ErrorKind::ALL
+                .iter()
+                .map(|&kind| (kind, tally.errors.get(&kind).copied().unwrap_or(0)))
+                .collect(),
             error_messages: tally.error_messages.clone(),
             replicas,
             versions,
@@ -503,16 +517,20 @@ pub fn render(summary: &Summary) -> String {
             .collect();
         let _ = writeln!(out, "  status     {}", codes.join("   "));
     }
-    for (kind, n) in &s.error_kinds {
+    for (kind, n) in s.error_kinds.iter().filter(|(_, n)| **n > 0) {
         let message = s.error_messages.get(kind).map(String::as_str).unwrap_or("");
         let _ = writeln!(out, "  error      {}: {n}   e.g. {message}", kind.as_str());
     }
     let l = &s.latency_ms;
-    let _ = writeln!(
-        out,
-        "  latency    p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3} ms",
-        l.p50, l.p90, l.p99, l.p999, l.max
-    );
+    if s.responses() > 0 {
+        let _ = writeln!(
+            out,
+            "  latency    p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3} ms",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+    } else {
+        let _ = writeln!(out, "  latency    no response to measure");
+    }
     if !s.replicas.is_empty() {
         let width = s
             .replicas
@@ -646,7 +664,14 @@ mod tests {
         assert_eq!(s.status, BTreeMap::from([(200, 2), (204, 1), (500, 1)]));
         assert_eq!(
             s.error_kinds,
-            BTreeMap::from([(ErrorKind::Refused, 2), (ErrorKind::Timeout, 1)])
+            BTreeMap::from([
+                (ErrorKind::Refused, 2),
+                (ErrorKind::Reset, 0),
+                (ErrorKind::Timeout, 1),
+                (ErrorKind::ConnectTimeout, 0),
+                (ErrorKind::Closed, 0),
+                (ErrorKind::Other, 0),
+            ])
         );
         assert_eq!(s.error_messages[&ErrorKind::Refused], "first refusal");
         assert_eq!(
@@ -833,6 +858,13 @@ mod tests {
         }
         assert_eq!(json["status"]["200"], 1);
         assert_eq!(json["error_kinds"]["connect_timeout"], 1);
+        for kind in ErrorKind::ALL {
+            assert!(
+                json["error_kinds"][kind.as_str()].is_u64(),
+                "{} always present",
+                kind.as_str()
+            );
+        }
         assert_eq!(json["replica_versions"]["a"], "1.0.0");
         for key in ["p50", "p90", "p99", "p999", "max"] {
             assert!(json["latency_ms"][key].is_number(), "latency_ms.{key}");
@@ -864,6 +896,17 @@ mod tests {
         );
         assert!(text.contains("FAIL"), "{text}");
         assert!(text.contains("1 of 5 requests failed"), "{text}");
+        assert!(text.contains("latency    p50 1.000"), "{text}");
+    }
+
+    #[test]
+    fn a_report_without_responses_says_there_is_no_latency() {
+        let mut t = tally();
+        t.record_error(ErrorKind::Refused, || {
+            "connection refused to 127.0.0.1:9".to_owned()
+        });
+        let text = render(&summary(&t, &Thresholds::default()));
+        assert!(text.contains("latency    no response to measure"), "{text}");
     }
 
     #[test]

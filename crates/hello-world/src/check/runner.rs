@@ -176,6 +176,8 @@ struct Worker {
     conn: Option<Conn>,
     // The address of the most recent connection attempt, for error messages.
     peer: Option<SocketAddr>,
+    // Index into the resolved addresses of the one to try first.
+    preferred: usize,
     sequence: u64,
 }
 
@@ -188,6 +190,7 @@ impl Worker {
             tally,
             conn: None,
             peer: None,
+            preferred: 0,
             sequence: 0,
         }
     }
@@ -319,7 +322,12 @@ impl Worker {
         }
         let plan = self.shared.plan.clone();
         let mut last = None;
-        for &addr in self.shared.addrs.iter() {
+        // Start with the address that worked last: a name such as `localhost` may resolve
+        // to an address nothing listens on first.
+        let addrs = self.shared.addrs.clone();
+        let count = addrs.len();
+        for index in (0..count).map(|i| (self.preferred + i) % count) {
+            let addr = addrs[index];
             self.peer = Some(addr);
             let failure =
                 match tokio::time::timeout(plan.connect_timeout, TcpStream::connect(addr)).await {
@@ -333,6 +341,7 @@ impl Worker {
                                     let _ = connection.await;
                                 });
                                 self.tally.record_connection();
+                                self.preferred = index;
                                 self.conn = Some(Conn {
                                     sender,
                                     peer: addr,
