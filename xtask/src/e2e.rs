@@ -76,7 +76,7 @@ const PROOFS: &[Proof] = &[
     },
     Proof {
         name: "consistency",
-        claim: "data consistency: N idempotent increments through the balancer while a replica is killed move the counter by exactly N",
+        claim: "data consistency: N idempotent increments through the balancer while replicas are killed move the counter by exactly N",
         run: proofs::consistency,
     },
     Proof {

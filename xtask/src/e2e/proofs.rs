@@ -451,13 +451,17 @@ pub(super) fn rolling_update(ctx: &Ctx) -> Result<Figures> {
     ])
 }
 
-/// Increments with idempotency keys through the balancer while a replica is killed. The check
+/// Increments with idempotency keys through the balancer while two replicas are killed. The check
 /// runs for a fixed time (a fixed count finishes before any fault on a fast machine) and lets
 /// every request in flight at the end complete, so N is the number of increments it made.
 pub(super) fn consistency(ctx: &Ctx) -> Result<Figures> {
     let sh = &ctx.sh;
     let before = counter()?;
-    let (victim, name) = a_replica(sh)?;
+    // Two replicas of the original three, so the second kill does not hit the first's
+    // replacement.
+    let mut originals = stack::task_containers(sh, WEB)?.into_iter();
+    let (victim, name) = originals.next().context("no running web replica")?;
+    let (second, second_name) = originals.next().context("no second web replica")?;
     let mut load = ctx.spawn_check(&[
         "/api/counter/increment",
         "--method",
@@ -473,8 +477,14 @@ pub(super) fn consistency(ctx: &Ctx) -> Result<Figures> {
     sleep(WARM_UP);
     load.assert_running("the kill")?;
     signal(sh, &victim, "KILL")?;
+    // A second replica three seconds later: each kill can catch increments in flight, whose
+    // answers are lost and which the client must retry with their key.
+    sleep(WARM_UP);
+    load.assert_running("the second kill")?;
+    signal(sh, &second, "KILL")?;
     let check = load.finish()?;
-    let recovered = wait_replaced(sh, WEB, &victim, 3)?;
+    wait_replaced(sh, WEB, &victim, 3)?;
+    let recovered = wait_replaced(sh, WEB, &second, 3)?;
     let after = counter()?;
     let n = check.requests();
     let moved = after - before;
@@ -495,7 +505,11 @@ pub(super) fn consistency(ctx: &Ctx) -> Result<Figures> {
         ),
         fig(
             "killed",
-            format!("{} with SIGKILL after {}", short_name(&name), secs(WARM_UP)),
+            format!(
+                "{} after 3 s and {} after 6 s, with SIGKILL",
+                short_name(&name),
+                short_name(&second_name)
+            ),
         ),
         fig("load", check.summary()),
         fig("client retries (same key)", check.retries()),
