@@ -24,8 +24,8 @@ pub const INDEX_HTML: &str = include_str!("web/index.html");
 /// `connect-src 'self'` is all the page's script needs (`/api/info`, `/api/counter`);
 /// `img-src data:` is for the inline favicon, which also saves a `/favicon.ico` request.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-    script-src 'sha256-yZLdPf8UeMdY+YU6aOj/6EOG4M0EJLXPArj82F9XAXY='; \
-    style-src 'sha256-10L6j9kBehQsPyRjgiAvUD/CE4Y47fJiWxdNnWAarXE='; \
+    script-src 'sha256-Iy7pgcDqdz8rYR8HvcivhbK8Gz4bjhsM1/N3j4s4auQ='; \
+    style-src 'sha256-pbknOvNfGov98IFFz2ROrycpKxip7n9oI17WaZb3pRE='; \
     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
 
