@@ -24,8 +24,8 @@ pub const INDEX_HTML: &str = include_str!("web/index.html");
 /// `connect-src 'self'` is all the page's script needs (`/api/info`, `/api/counter`);
 /// `img-src data:` is for the inline favicon, which also saves a `/favicon.ico` request.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-    script-src 'sha256-Iy7pgcDqdz8rYR8HvcivhbK8Gz4bjhsM1/N3j4s4auQ='; \
-    style-src 'sha256-pbknOvNfGov98IFFz2ROrycpKxip7n9oI17WaZb3pRE='; \
+    script-src 'sha256-5z8a+Piz8e0vz7TdV96ExTnhtcErRBUJJcsm2Pr2glM='; \
+    style-src 'sha256-Ki2nSrsitRhWTuEIw1QYOdmEEWvi08JuiseyCRhnzPo='; \
     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
 
