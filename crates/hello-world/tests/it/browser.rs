@@ -7,19 +7,18 @@
 //! say so, since a skipped browser test would hide a broken page.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
-use http_body_util::{BodyExt as _, Empty};
+use http::StatusCode;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TestApp, free_port, spawn_app};
 
 /// How long the browser gets for anything the page should do within a second or two; generous
 /// because two cores are shared with a parallel test run.
@@ -29,7 +28,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 async fn a_browser_sees_the_greeting_the_replica_and_a_panel_that_keeps_counting() {
     let app = spawn_app().await;
     let url = app.public_url();
-    let info = get_json(&format!("{url}/api/info")).await;
+    let info = app.get("/api/info").await.json();
     let instance = info["instance"]
         .as_str()
         .expect("/api/info names its instance");
@@ -112,7 +111,7 @@ async fn a_browser_sees_the_greeting_the_replica_and_a_panel_that_keeps_counting
 async fn the_counter_button_increments_the_shared_counter_once_per_click() {
     let app = spawn_app().await;
     let url = app.public_url();
-    let before = counter(&url).await;
+    let before = counter(&app).await;
     let browser = Browser::launch().await;
     browser
         .client
@@ -143,7 +142,7 @@ async fn the_counter_button_increments_the_shared_counter_once_per_click() {
         "the page confirms the increment: {message}"
     );
     assert_eq!(
-        counter(&url).await,
+        counter(&app).await,
         before + 1,
         "one click counts exactly once on the server"
     );
@@ -361,38 +360,16 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-fn free_port() -> u16 {
-    // The port is free now; chromedriver takes it a moment later (nothing else here binds it).
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free loopback port");
-    listener
-        .local_addr()
-        .expect("a bound socket has an address")
-        .port()
-}
-
-async fn get_json(url: &str) -> Value {
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build::<_, Empty<bytes::Bytes>>(HttpConnector::new());
-    let response = client
-        .get(url.parse().expect("a valid URL"))
-        .await
-        .expect("GET succeeds");
-    assert!(
-        response.status().is_success(),
-        "GET {url}: {}",
-        response.status()
+/// The shared counter as the server reports it.
+async fn counter(app: &TestApp) -> i64 {
+    let answer = app.get("/api/counter").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "GET /api/counter: {}",
+        answer.text()
     );
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("read the body")
-        .to_bytes();
-    serde_json::from_slice(&body).expect("a JSON body")
-}
-
-async fn counter(url: &str) -> i64 {
-    get_json(&format!("{url}/api/counter")).await["value"]
+    answer.json()["value"]
         .as_i64()
         .expect("the counter's value")
 }
