@@ -24,8 +24,8 @@ pub const INDEX_HTML: &str = include_str!("web/index.html");
 /// `connect-src 'self'` is all the page's script needs (`/api/info`, `/api/counter`);
 /// `img-src data:` is for the inline favicon, which also saves a `/favicon.ico` request.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-    script-src 'sha256-5z8a+Piz8e0vz7TdV96ExTnhtcErRBUJJcsm2Pr2glM='; \
-    style-src 'sha256-Ki2nSrsitRhWTuEIw1QYOdmEEWvi08JuiseyCRhnzPo='; \
+    script-src 'sha256-hP4V712VtcBFRwKBFDBnExRF4OScaBmF3qwVIX9qLIk='; \
+    style-src 'sha256-tZlj0nENwyOAnZg2ln06HD7pF9lDFZCNHtacJ3vCA3Y='; \
     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
 
