@@ -48,7 +48,10 @@ async fn a_browser_sees_the_greeting_the_replica_and_a_panel_that_keeps_counting
     .await;
     assert_eq!(shown, instance);
     // The server filled the page in, so it names the replica that served it, not a later one.
-    assert_eq!(browser.text("#served-title").await, "This page was served by");
+    assert_eq!(
+        browser.text("#served-title").await,
+        "This page was served by"
+    );
     assert_eq!(
         browser.text("#served-version").await,
         info["version"].as_str().expect("version")
