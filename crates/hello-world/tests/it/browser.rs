@@ -113,6 +113,59 @@ async fn a_browser_sees_the_greeting_the_replica_and_a_panel_that_keeps_counting
 }
 
 #[tokio::test]
+async fn a_replica_that_stops_answering_stops_growing_and_is_marked_silent() {
+    let app = spawn_app().await;
+    let url = app.public_url();
+    let browser = Browser::launch().await;
+    browser
+        .client
+        .goto(&format!("{url}/"))
+        .await
+        .expect("the page loads");
+    eventually("the panel to count answers", || async {
+        browser.answers_counted().await.filter(|&n| n >= 3)
+    })
+    .await;
+
+    app.shutdown().await.expect("the server stops");
+
+    // The page keeps asking (and counts failures) but the bar no longer grows, and after a few
+    // seconds without an answer the replica is marked silent.
+    let state = eventually("the replica to be marked silent", || async {
+        Some(browser.text("#replicas li .state").await)
+            .filter(|state| state.starts_with("no answer for"))
+    })
+    .await;
+    let frozen = browser.answers_counted().await.expect("the row stays");
+    let failed_then = failures(&browser.text("#stats").await);
+    eventually("the page to keep trying", || async {
+        let failed = failures(&browser.text("#stats").await);
+        (failed > failed_then).then_some(())
+    })
+    .await;
+    assert_eq!(
+        browser.answers_counted().await,
+        Some(frozen),
+        "a silent replica's count stays where it stopped ({state})"
+    );
+    let classes = browser
+        .script_value("return document.querySelector('#replicas li').className")
+        .await;
+    assert_eq!(classes, "replica silent", "the row is dimmed");
+    // Connection errors are expected here, so the console is not checked.
+    browser.close().await;
+}
+
+/// The number before " failed" in the panel's status line (0 when nothing failed).
+fn failures(stats: &str) -> u64 {
+    stats
+        .split(" · ")
+        .find(|part| part.contains(" failed"))
+        .and_then(|part| part.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
 async fn the_counter_button_increments_the_shared_counter_once_per_click() {
     let app = spawn_app().await;
     let url = app.public_url();
