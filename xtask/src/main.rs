@@ -3,17 +3,29 @@
 //! | command | what it does |
 //! |---|---|
 //! | `cargo xtask ci` | every check and test: fmt, clippy, unit + integration tests, then the rest below |
+//! | `cargo xtask manifests` | render, validate and policy-scan the Kubernetes manifests; lint the Dockerfile and the GKE script |
+//! | `cargo xtask image` | the `FROM scratch` service image and the HAProxy/Redis base images |
+//! | `cargo xtask stack up\|down` | the Docker Swarm stack: 3 replicas behind HAProxy, with Redis |
+//! | `cargo xtask e2e` | the end-to-end proofs on Swarm; writes `e2e/RESULTS.md` |
 //!
 //! Each command lives in its own module; this file only dispatches.
 
 use std::process::ExitCode;
 
 mod ci;
+mod e2e;
+mod image;
+mod manifests;
+mod stack;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci        run every check and test (the README's test command)
+  manifests check the Kubernetes manifests, the Dockerfile and the GKE script offline
+  image     build the container images (service, HAProxy, Redis)
+  stack     up | down [--volumes]: run the Swarm stack on this machine
+  e2e       prove balancing, failover, updates, scaling and consistency on Swarm
 ";
 
 fn main() -> ExitCode {
@@ -24,6 +36,10 @@ fn main() -> ExitCode {
     };
     let result = match command.as_str() {
         "ci" => ci::run(rest),
+        "manifests" => manifests::run(rest),
+        "image" => image::run(rest),
+        "stack" => stack::run(rest),
+        "e2e" => e2e::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -191,7 +191,7 @@ fn refuse_early(request: &Request, body_limit: usize) -> Option<ApiError> {
 
 /// Gives error answers that are not JSON yet (axum's 405 and extractor rejections) a JSON body,
 /// keeping their status and headers such as `Allow`.
-async fn json_errors(response: Response) -> Response {
+pub(crate) async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
