@@ -24,7 +24,7 @@ pub const INDEX_HTML: &str = include_str!("web/index.html");
 /// `connect-src 'self'` is all the page's script needs (`/api/info`, `/api/counter`);
 /// `img-src data:` is for the inline favicon, which also saves a `/favicon.ico` request.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-    script-src 'sha256-DalO804twA6ZfoVxg//tH6NxZi19ykRb8ukMlk4xL14='; \
+    script-src 'sha256-F63oRzLeqdbTxJyY/o1/NM8l6diZ0NQdkxHvN0FWDmk='; \
     style-src 'sha256-tZlj0nENwyOAnZg2ln06HD7pF9lDFZCNHtacJ3vCA3Y='; \
     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";

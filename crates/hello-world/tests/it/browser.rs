@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
-use http::StatusCode;
+use http::{Method, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
@@ -206,6 +206,87 @@ async fn the_counter_button_increments_the_shared_counter_once_per_click() {
     );
 
     browser.assert_no_console_errors().await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_failed_increment_is_retried_and_counted_once() {
+    let app = spawn_app().await;
+    let url = app.public_url();
+    let before = counter(&app).await;
+    let browser = Browser::launch().await;
+    browser
+        .client
+        .goto(&format!("{url}/"))
+        .await
+        .expect("the page loads");
+    eventually("the page to show the counter", || async {
+        Some(browser.text("#counter-value").await).filter(|shown| *shown == before.to_string())
+    })
+    .await;
+
+    // Record the Idempotency-Key of every increment the page sends.
+    browser
+        .script_value(
+            "window.sentKeys = []; const send = window.fetch; \
+             window.fetch = (url, init) => { \
+               if (String(url).endsWith('/increment')) window.sentKeys.push(init.headers['idempotency-key']); \
+               return send(url, init); }; \
+             return true",
+        )
+        .await;
+    // Every public request fails with 500 until the faults are switched off again.
+    let faults = app
+        .admin(Method::PUT, "/faults", r#"{"error_rate": 1.0}"#)
+        .await;
+    assert_eq!(faults.status, StatusCode::OK, "{}", faults.text());
+    browser
+        .client
+        .find(Locator::Id("counter-button"))
+        .await
+        .expect("the button exists")
+        .click()
+        .await
+        .expect("the button can be clicked");
+    eventually("the page to say it retries", || async {
+        Some(browser.text("#counter-message").await)
+            .filter(|message| message.contains("retrying with the same key"))
+    })
+    .await;
+    let cleared = app.admin(Method::DELETE, "/faults", "").await;
+    assert_eq!(cleared.status, StatusCode::OK, "{}", cleared.text());
+
+    eventually("a retry to be counted", || async {
+        Some(browser.text("#counter-value").await)
+            .filter(|shown| *shown == (before + 1).to_string())
+    })
+    .await;
+    let message = browser.text("#counter-message").await;
+    assert!(
+        message.starts_with("Counted"),
+        "the page confirms the increment: {message}"
+    );
+    assert_eq!(
+        counter(&app).await,
+        before + 1,
+        "retries of one click count once"
+    );
+    let keys = browser.script_value("return window.sentKeys").await;
+    let keys: Vec<&str> = keys
+        .as_array()
+        .expect("the recorded keys")
+        .iter()
+        .map(|key| key.as_str().expect("a key is a string"))
+        .collect();
+    assert!(
+        keys.len() >= 2,
+        "the failed increment was sent again: {keys:?}"
+    );
+    assert!(
+        keys.iter().all(|key| *key == keys[0] && key.len() == 36),
+        "one key for every attempt: {keys:?}"
+    );
+    // The injected 500s are logged by the browser as failed loads, so the console is not checked.
     browser.close().await;
 }
 
