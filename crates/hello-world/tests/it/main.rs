@@ -4,6 +4,7 @@ mod helpers;
 mod redis_server;
 
 mod admin;
+mod browser;
 mod check;
 mod cli;
 mod listener;
