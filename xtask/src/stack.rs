@@ -27,6 +27,9 @@ pub(crate) const LB_ADDR: &str = "127.0.0.1:8080";
 pub(crate) const LB_URL: &str = "http://127.0.0.1:8080";
 /// Long enough for a first start on a slow machine; a healthy start takes ~10 s.
 const UP_TIMEOUT: Duration = Duration::from_secs(180);
+/// Consecutive `/readyz` answers (250 ms apart) that must all be 200: 3 s, three times the
+/// balancer's check interval.
+const READY_STREAK: u32 = 12;
 
 const USAGE: &str = "usage: cargo xtask stack up | down [--volumes]";
 
@@ -74,11 +77,29 @@ pub(crate) fn up(sh: &Shell) -> Result<()> {
                 && replicas(sh, WEB)? == (3, 3))
         },
     )?;
-    wait_until(UP_TIMEOUT, "the load balancer to answer 200 on /", || {
-        // `x-served-by` shows the answer came from a replica, not from the balancer itself.
-        Ok(http::get(LB_ADDR, "/")
-            .is_ok_and(|r| r.status == 200 && r.header("x-served-by").is_some()))
-    })?;
+    // A fresh replica can be healthy (alive) yet not ready: its Redis client is still
+    // connecting. HAProxy assumes new servers up, so one good answer proves little; the stack
+    // is ready when every replica has answered `/readyz` through the balancer and the last
+    // READY_STREAK answers in a row (over more than two check intervals) were all 200.
+    let mut replicas_ready = std::collections::BTreeSet::new();
+    let mut streak = 0;
+    wait_until(
+        UP_TIMEOUT,
+        "every replica to answer /readyz 200 through the balancer",
+        || {
+            // `x-served-by` shows the answer came from a replica, not from the balancer itself.
+            match http::get(LB_ADDR, "/readyz") {
+                Ok(r) if r.status == 200 => {
+                    if let Some(name) = r.header("x-served-by") {
+                        replicas_ready.insert(name.to_string());
+                    }
+                    streak += 1;
+                }
+                _ => streak = 0,
+            }
+            Ok(replicas_ready.len() >= 3 && streak >= READY_STREAK)
+        },
+    )?;
     eprintln!("stack: ready in {:.1?}", started.elapsed());
     Ok(())
 }
