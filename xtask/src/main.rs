@@ -3,17 +3,20 @@
 //! | command | what it does |
 //! |---|---|
 //! | `cargo xtask ci` | every check and test: fmt, clippy, unit + integration tests, then the rest below |
+//! | `cargo xtask bench [--quick] [--only NAME]` | ours vs Flask, gunicorn, Go and nginx; writes `bench/RESULTS.md` and charts |
 //!
 //! Each command lives in its own module; this file only dispatches.
 
 use std::process::ExitCode;
 
+mod bench;
 mod ci;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci        run every check and test (the README's test command)
+  bench     measure ours against the references; writes bench/RESULTS.md [--quick] [--only NAME]
 ";
 
 fn main() -> ExitCode {
@@ -24,6 +27,7 @@ fn main() -> ExitCode {
     };
     let result = match command.as_str() {
         "ci" => ci::run(rest),
+        "bench" => bench::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
