@@ -85,7 +85,15 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 7] = ["peers", "concurrency", "idle", "echo", "counter", "stack", "profile"];
+const SECTIONS: [&str; 7] = [
+    "peers",
+    "concurrency",
+    "idle",
+    "echo",
+    "counter",
+    "stack",
+    "profile",
+];
 
 /// What `--only` asked for.
 #[derive(Debug, Default)]
@@ -111,6 +119,7 @@ impl Only {
 pub(crate) struct PeerRun {
     pub(crate) measured: Measured,
     pub(crate) idle_rss_kib: u64,
+    pub(crate) idle_pss_kib: u64,
     pub(crate) hwm_kib: u64,
 }
 
@@ -197,7 +206,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                     }
                 }
             }
-            other => bail!("unknown argument `{other}` (usage: cargo xtask bench [--quick] [--only NAME,...])"),
+            other => bail!(
+                "unknown argument `{other}` (usage: cargo xtask bench [--quick] [--only NAME,...])"
+            ),
         }
     }
     let plan = Plan::new(quick);
@@ -210,14 +221,22 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     fs::create_dir_all(&out_dir)?;
 
     let sh = Shell::new()?;
-    let mut results = Results { started: utc_now(), ..Results::default() };
+    let mut results = Results {
+        started: utc_now(),
+        ..Results::default()
+    };
     results.machine = Some(procfs::machine()?);
     let specs = servers::prepare(&sh, &mut results.setup)?;
-    let unknown: Vec<&String> =
-        only.servers.iter().filter(|n| !specs.iter().any(|s| s.name == n.as_str())).collect();
+    let unknown: Vec<&String> = only
+        .servers
+        .iter()
+        .filter(|n| !specs.iter().any(|s| s.name == n.as_str()))
+        .collect();
     if !unknown.is_empty() {
-        bail!("--only: unknown name(s) {unknown:?}; sections are {SECTIONS:?}, servers are {:?}",
-            specs.iter().map(|s| s.name).collect::<Vec<_>>());
+        bail!(
+            "--only: unknown name(s) {unknown:?}; sections are {SECTIONS:?}, servers are {:?}",
+            specs.iter().map(|s| s.name).collect::<Vec<_>>()
+        );
     }
     let profile_bin = if only.section("profile") && only.server("ours-glibc") && !quick {
         Some(profile::build_binary(&sh, &mut results.setup)?)
@@ -228,8 +247,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 
     // Room for 10 000 client sockets here and as many in the server (children inherit it).
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => results.notes.push(format!("RLIMIT_NOFILE raised to {n} for the bench and its servers")),
-        Err(e) => results.notes.push(format!("could not raise RLIMIT_NOFILE: {e}")),
+        Ok(n) => results.notes.push(format!(
+            "RLIMIT_NOFILE raised to {n} for the bench and its servers"
+        )),
+        Err(e) => results
+            .notes
+            .push(format!("could not raise RLIMIT_NOFILE: {e}")),
     }
     // The bench itself (prober, idle client, wrk, redis-benchmark) lives on the load CPU.
     servers::pin_current_thread(servers::LOAD_CPU);
@@ -247,15 +270,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         idle_connections(&plan, &specs, &logs, &mut results);
     }
     let ours_glibc = specs.iter().find(|s| s.name == "ours-glibc");
-    if only.section("echo") {
-        if let Some(ours) = ours_glibc {
-            echo(&plan, ours, &logs, &mut results);
-        }
+    if let Some(ours) = ours_glibc.filter(|_| only.section("echo")) {
+        echo(&plan, ours, &logs, &mut results);
     }
-    if only.section("counter") {
-        if let Some(ours) = ours_glibc {
-            results.counter = Some(redis::counter(&plan, ours, &logs).map_err(|e| format!("{e:#}")));
-        }
+    if let Some(ours) = ours_glibc.filter(|_| only.section("counter")) {
+        results.counter = Some(redis::counter(&plan, ours, &logs).map_err(|e| format!("{e:#}")));
     }
     if only.section("stack") {
         results.stack = Some(stack_status());
@@ -281,7 +300,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 fn peers(plan: &Plan, specs: &[Spec], logs: &std::path::Path, results: &mut Results) {
     let mut rows: Vec<PeerRow> = specs
         .iter()
-        .map(|s| PeerRow { spec: s.clone(), startup_ms: vec![], runs: vec![], failure: None })
+        .map(|s| PeerRow {
+            spec: s.clone(),
+            startup_ms: vec![],
+            runs: vec![],
+            failure: None,
+        })
         .collect();
     let wrk_for = |s: &Spec| Wrk::get(s.url("/"), plan.connections, plan.run_s);
     if let Some(first) = specs.first() {
@@ -299,7 +323,12 @@ fn peers(plan: &Plan, specs: &[Spec], logs: &std::path::Path, results: &mut Resu
             if row.failure.is_some() {
                 continue;
             }
-            eprintln!("bench: peers round {}/{}: {}", round + 1, plan.rounds, row.spec.name);
+            eprintln!(
+                "bench: peers round {}/{}: {}",
+                round + 1,
+                plan.rounds,
+                row.spec.name
+            );
             match peer_round(plan, &row.spec, logs) {
                 Ok((startups, run)) => {
                     row.startup_ms.extend(startups);
@@ -329,10 +358,19 @@ fn peer_round(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<(Vec<f
         // Idle: after the first answer, let start-up work settle.
         thread::sleep(Duration::from_millis(500));
         let idle_rss_kib = procfs::status_kib(&server.pids(), "VmRSS:");
+        let idle_pss_kib = procfs::pss_kib(&server.pids());
         load::run(&Wrk::get(spec.url("/"), plan.connections, plan.warmup_s))?;
-        let measured = load::measure(&server, &Wrk::get(spec.url("/"), plan.connections, plan.run_s))?;
+        let measured = load::measure(
+            &server,
+            &Wrk::get(spec.url("/"), plan.connections, plan.run_s),
+        )?;
         let hwm_kib = procfs::status_kib(&server.pids(), "VmHWM:");
-        Ok(PeerRun { measured, idle_rss_kib, hwm_kib })
+        Ok(PeerRun {
+            measured,
+            idle_rss_kib,
+            idle_pss_kib,
+            hwm_kib,
+        })
     })();
     server.stop()?;
     result.map(|r| (startups, r))
@@ -340,7 +378,10 @@ fn peer_round(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<(Vec<f
 
 /// Servers that make sense on the growth curves: ours next to the two fast references.
 fn curve_servers(specs: &[Spec]) -> Vec<&Spec> {
-    specs.iter().filter(|s| matches!(s.name, "ours-glibc" | "nginx" | "go")).collect()
+    specs
+        .iter()
+        .filter(|s| matches!(s.name, "ours-glibc" | "nginx" | "go"))
+        .collect()
 }
 
 fn concurrency(plan: &Plan, specs: &[Spec], logs: &std::path::Path, results: &mut Results) {
@@ -349,7 +390,9 @@ fn concurrency(plan: &Plan, specs: &[Spec], logs: &std::path::Path, results: &mu
         let server = match servers::start_timed(spec, &log) {
             Ok((_, s)) => s,
             Err(e) => {
-                results.concurrency.push((spec.name.into(), 0, Err(format!("{e:#}"))));
+                results
+                    .concurrency
+                    .push((spec.name.into(), 0, Err(format!("{e:#}"))));
                 continue;
             }
         };
@@ -357,7 +400,9 @@ fn concurrency(plan: &Plan, specs: &[Spec], logs: &std::path::Path, results: &mu
             eprintln!("bench: concurrency {} c={c}", spec.name);
             let _ = load::run(&Wrk::get(spec.url("/"), c, 1));
             let w = Wrk::get(spec.url("/"), c, plan.curve_s);
-            results.concurrency_line = w.command_line().replace(&format!("-c{c}"), "-c{1,64,256,1024}");
+            results.concurrency_line = w
+                .command_line()
+                .replace(&format!("-c{c}"), "-c{1,64,256,1024}");
             let m = load::measure(&server, &w).map_err(|e| format!("{e:#}"));
             results.concurrency.push((spec.name.into(), c, m));
         }
@@ -367,9 +412,15 @@ fn concurrency(plan: &Plan, specs: &[Spec], logs: &std::path::Path, results: &mu
 
 fn idle_connections(plan: &Plan, specs: &[Spec], logs: &std::path::Path, results: &mut Results) {
     for spec in curve_servers(specs) {
-        eprintln!("bench: {} idle connections to {}", plan.idle_connections, spec.name);
+        eprintln!(
+            "bench: {} idle connections to {}",
+            plan.idle_connections, spec.name
+        );
         let spec = if spec.kind == Kind::Ours {
-            spec.with_args(&["--max-connections", &(plan.idle_connections * 2).to_string()])
+            spec.with_args(&[
+                "--max-connections",
+                &(plan.idle_connections * 2).to_string(),
+            ])
         } else {
             spec.clone()
         };
@@ -397,7 +448,9 @@ fn idle_connections(plan: &Plan, specs: &[Spec], logs: &std::path::Path, results
             server.stop()?;
             Ok(row)
         })();
-        results.idle.push(row.map_err(|e| format!("{}: {e:#}", spec.name)));
+        results
+            .idle
+            .push(row.map_err(|e| format!("{}: {e:#}", spec.name)));
     }
 }
 
@@ -416,9 +469,16 @@ fn echo(plan: &Plan, ours: &Spec, logs: &std::path::Path, results: &mut Results)
         eprintln!("bench: echo {bytes} B");
         let mut w = Wrk::get(spec.url("/api/echo"), plan.echo_connections, plan.curve_s);
         w.post_body = Some(bytes);
-        results.echo_line = format!("{}   (ours started with {})", w.command_line(), "--body-limit 2097152")
-            .replace(&format!("POST {bytes}"), "POST {1024..1048576}");
-        let _ = load::run(&Wrk { seconds: 1, ..w.clone() });
+        results.echo_line = format!(
+            "{}   (ours started with {})",
+            w.command_line(),
+            "--body-limit 2097152"
+        )
+        .replace(&format!("POST {bytes}"), "POST {1024..1048576}");
+        let _ = load::run(&Wrk {
+            seconds: 1,
+            ..w.clone()
+        });
         results.echo.push(
             load::measure(&server, &w)
                 .map(|measured| EchoRow { bytes, measured })
@@ -430,7 +490,8 @@ fn echo(plan: &Plan, ours: &Spec, logs: &std::path::Path, results: &mut Results)
 
 /// The Swarm stack run needs `cargo xtask stack up`; until it exists the section says so.
 fn stack_status() -> String {
-    let main_rs = fs::read_to_string(crate::project_root().join("xtask/src/main.rs")).unwrap_or_default();
+    let main_rs =
+        fs::read_to_string(crate::project_root().join("xtask/src/main.rs")).unwrap_or_default();
     if main_rs.contains("\"stack\"") {
         "not run: `cargo xtask stack` exists but the bench does not drive it yet".into()
     } else {
@@ -441,7 +502,13 @@ fn stack_status() -> String {
 /// `hello-world:dev`'s size if the image was built on this machine.
 fn image_size() -> Option<u64> {
     let out = std::process::Command::new("docker")
-        .args(["image", "inspect", "hello-world:dev", "--format", "{{.Size}}"])
+        .args([
+            "image",
+            "inspect",
+            "hello-world:dev",
+            "--format",
+            "{{.Size}}",
+        ])
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
@@ -466,5 +533,9 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     }
     values.sort_by(f64::total_cmp);
     let m = values.len() / 2;
-    if values.len() % 2 == 1 { values[m] } else { (values[m - 1] + values[m]) / 2.0 }
+    if values.len() % 2 == 1 {
+        values[m]
+    } else {
+        (values[m - 1] + values[m]) / 2.0
+    }
 }

@@ -15,7 +15,8 @@ const FONT: &str = "sans-serif";
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_err() {
+        if plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_err()
+        {
             eprintln!("bench: the embedded font did not load; charts will have no text");
         }
     });
@@ -25,7 +26,11 @@ fn register_font() {
 #[derive(Debug)]
 pub(crate) enum Panel {
     /// One bar per name.
-    Bars { title: String, y_label: String, items: Vec<(String, f64)> },
+    Bars {
+        title: String,
+        y_label: String,
+        items: Vec<(String, f64)>,
+    },
     /// One line per series over a numeric x axis (log-scaled when `log_x`).
     Lines {
         title: String,
@@ -50,13 +55,22 @@ pub(crate) fn draw(path: &Path, caption: &str, panels: &[Panel]) -> Result<()> {
     let areas = root.split_evenly((rows, cols));
     for (panel, area) in panels.iter().zip(areas.iter()) {
         match panel {
-            Panel::Bars { title, y_label, items } => bars(area, title, y_label, items)?,
-            Panel::Lines { title, x_label, y_label, log_x, series } => {
-                lines(area, title, x_label, y_label, *log_x, series)?
-            }
+            Panel::Bars {
+                title,
+                y_label,
+                items,
+            } => bars(area, title, y_label, items)?,
+            Panel::Lines {
+                title,
+                x_label,
+                y_label,
+                log_x,
+                series,
+            } => lines(area, title, x_label, y_label, *log_x, series)?,
         }
     }
-    root.present().map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    root.present()
+        .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
     Ok(())
 }
 
@@ -98,7 +112,10 @@ fn bars(
         .draw_series(items.iter().enumerate().map(|(i, (_, v))| {
             let i = i as i32;
             let mut bar = Rectangle::new(
-                [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), *v)],
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), *v),
+                ],
                 Palette99::pick(i as usize).mix(0.85).filled(),
             );
             bar.set_margin(0, 0, 10, 10);
@@ -110,8 +127,7 @@ fn bars(
             Text::new(
                 short(*v),
                 (SegmentValue::CenterOf(i as i32), *v + max * 0.06),
-                TextStyle::from((FONT, 14).into_font())
-                    .pos(Pos::new(HPos::Center, VPos::Center)),
+                TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Center, VPos::Center)),
             )
         }))
         .map_err(|e| anyhow!("{e}"))?;
@@ -126,7 +142,10 @@ fn lines(
     log_x: bool,
     series: &[(String, Vec<(f64, f64)>)],
 ) -> Result<()> {
-    let points = series.iter().flat_map(|(_, p)| p.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let points = series
+        .iter()
+        .flat_map(|(_, p)| p.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
     let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0f64);
     for (x, y) in points {
         x0 = x0.min(*x);
@@ -162,14 +181,20 @@ fn lines(
                 .map_err(|e| anyhow!("{e}"))?;
             for (i, (name, pts)) in series.iter().enumerate() {
                 let color = Palette99::pick(i);
-                let pts: Vec<(f64, f64)> =
-                    pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+                let pts: Vec<(f64, f64)> = pts
+                    .iter()
+                    .copied()
+                    .filter(|(x, y)| x.is_finite() && y.is_finite())
+                    .collect();
                 chart
                     .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))
                     .map_err(|e| anyhow!("{e}"))?
                     .label(name.clone())
                     .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], Palette99::pick(i).stroke_width(3))
+                        PathElement::new(
+                            vec![(x, y), (x + 20, y)],
+                            Palette99::pick(i).stroke_width(3),
+                        )
                     });
                 chart
                     .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
@@ -186,9 +211,17 @@ fn lines(
         }};
     }
     if log_x {
-        finish!(builder.build_cartesian_2d((x0..x1).log_scale(), y_range).map_err(|e| anyhow!("{e}"))?);
+        finish!(
+            builder
+                .build_cartesian_2d((x0..x1).log_scale(), y_range)
+                .map_err(|e| anyhow!("{e}"))?
+        );
     } else {
-        finish!(builder.build_cartesian_2d(x0..x1, y_range).map_err(|e| anyhow!("{e}"))?);
+        finish!(
+            builder
+                .build_cartesian_2d(x0..x1, y_range)
+                .map_err(|e| anyhow!("{e}"))?
+        );
     }
     Ok(())
 }
@@ -196,6 +229,10 @@ fn lines(
 /// 1234567 → "1.2M", 0.5 → "0.5": axis labels that stay short.
 pub(crate) fn short(v: f64) -> String {
     let a = v.abs();
+    let whole = (v - v.round()).abs() < 1e-9;
+    if whole && a < 1e4 && !(a >= 1e3 && v % 1000.0 == 0.0) {
+        return format!("{v:.0}");
+    }
     if a >= 1e6 {
         format!("{:.1}M", v / 1e6)
     } else if a >= 1e4 {

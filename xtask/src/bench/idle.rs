@@ -25,11 +25,17 @@ pub(crate) fn open(port: u16, count: usize) -> Held {
         match one(&addr) {
             Ok(s) => streams.push(s),
             Err(e) => {
-                return Held { streams, stopped_by: Some(format!("connection {}: {e}", i + 1)) };
+                return Held {
+                    streams,
+                    stopped_by: Some(format!("connection {}: {e}", i + 1)),
+                };
             }
         }
     }
-    Held { streams, stopped_by: None }
+    Held {
+        streams,
+        stopped_by: None,
+    }
 }
 
 /// How many held connections the server has not closed (a read that would block = still open).
@@ -39,7 +45,8 @@ pub(crate) fn still_open(held: &Held) -> usize {
         .filter(|s| {
             let _ = s.set_nonblocking(true);
             let mut b = [0u8; 1];
-            let open = matches!((&**s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            let open =
+                matches!((&**s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
             let _ = s.set_nonblocking(false);
             open
         })

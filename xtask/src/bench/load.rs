@@ -28,7 +28,12 @@ pub(crate) struct Wrk {
 
 impl Wrk {
     pub(crate) fn get(url: String, connections: u32, seconds: u32) -> Wrk {
-        Wrk { url, connections, seconds, post_body: None }
+        Wrk {
+            url,
+            connections,
+            seconds,
+            post_body: None,
+        }
     }
 
     fn args(&self) -> Vec<String> {
@@ -77,7 +82,11 @@ pub(crate) struct WrkOut {
 
 impl WrkOut {
     pub(crate) fn rps(&self) -> f64 {
-        if self.seconds > 0.0 { self.requests as f64 / self.seconds } else { 0.0 }
+        if self.seconds > 0.0 {
+            self.requests as f64 / self.seconds
+        } else {
+            0.0
+        }
     }
 }
 
@@ -148,7 +157,12 @@ pub(crate) fn measure(server: &Running, spec: &Wrk) -> Result<Measured> {
     // The tree is re-read: a worker that started during the run counts too.
     let cpu_after = procfs::cpu_seconds(&server.pids());
     let wrk = parse(child)?;
-    Ok(Measured { wrk, cpu_seconds: cpu_after - cpu_before, max_rss_kib, wrk_cpu_seconds })
+    Ok(Measured {
+        wrk,
+        cpu_seconds: cpu_after - cpu_before,
+        max_rss_kib,
+        wrk_cpu_seconds,
+    })
 }
 
 fn wait_bounded(

@@ -13,7 +13,11 @@ pub(crate) fn tree(pid: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Some(parent) = stat_fields(child).and_then(|f| f.get(1)?.parse::<u32>().ok()) {
@@ -79,6 +83,19 @@ pub(crate) fn status_kib(pids: &[u32], field: &str) -> u64 {
         .sum()
 }
 
+/// Proportional set size in KiB summed over `pids`: shared pages are split between the processes
+/// that map them, so unlike summed RSS it does not count nginx's or gunicorn's shared libraries
+/// once per process.
+pub(crate) fn pss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| {
+            let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+            let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// Open file descriptors of `pids` (for the idle-connection run: how many sockets are held).
 pub(crate) fn open_fds(pids: &[u32]) -> usize {
     pids.iter()
@@ -105,8 +122,13 @@ pub(crate) fn machine() -> Result<Machine> {
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_owned())
         .unwrap_or_else(|| "unknown".into());
-    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_owned();
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")?
+        .trim()
+        .to_owned();
     let mem_kib = fs::read_to_string("/proc/meminfo")?
         .lines()
         .find(|l| l.starts_with("MemTotal"))

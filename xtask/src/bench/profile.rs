@@ -67,7 +67,9 @@ pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<St
             .stderr(Stdio::null())
             .status()
             .context("running perf (apt-get install linux-perf)")?;
-        let load = load_thread.join().map_err(|_| anyhow::anyhow!("the wrk thread panicked"))??;
+        let load = load_thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the wrk thread panicked"))??;
         if !status.success() {
             bail!("perf record failed ({status})");
         }
@@ -75,7 +77,14 @@ pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<St
             let out = Command::new("perf")
                 .args(["report", "-i"])
                 .arg(&data)
-                .args(["--stdio", "--no-children", "--sort", sort, "--percent-limit", limit])
+                .args([
+                    "--stdio",
+                    "--no-children",
+                    "--sort",
+                    sort,
+                    "--percent-limit",
+                    limit,
+                ])
                 .stderr(Stdio::null())
                 .output()?;
             Ok(String::from_utf8_lossy(&out.stdout)
@@ -91,7 +100,9 @@ pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<St
              `perf report --stdio --no-children --sort dso,symbol`\n\nBy binary/library:\n```\n{by_dso}\n```\n\nBy symbol (self time, ≥ 0.7 %):\n```\n{by_symbol}\n```\n",
             spec.command_line(),
             load.rps(),
-            perf_args.join(" ").replace(&servers::work_dir().display().to_string(), "target/bench"),
+            perf_args
+                .join(" ")
+                .replace(&servers::work_dir().display().to_string(), "target/bench"),
         ))
     })();
     server.stop()?;

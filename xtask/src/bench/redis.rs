@@ -103,19 +103,28 @@ pub(crate) fn counter(plan: &Plan, ours: &Spec, logs: &std::path::Path) -> Resul
             .lines()
             .find(|l| l.starts_with("\"INCR\""))
             .with_context(|| format!("no INCR line in redis-benchmark output:\n{text}"))?;
-        let cols: Vec<f64> =
-            row.split(',').skip(1).map(|c| c.trim_matches('"').parse().unwrap_or(f64::NAN)).collect();
+        let cols: Vec<f64> = row
+            .split(',')
+            .skip(1)
+            .map(|c| c.trim_matches('"').parse().unwrap_or(f64::NAN))
+            .collect();
         let redis_rps = cols.first().copied().unwrap_or(f64::NAN);
         let redis_p50_ms = cols.get(3).copied().unwrap_or(f64::NAN);
         let redis_p99_ms = cols.get(5).copied().unwrap_or(f64::NAN);
 
         // Ours on the same Redis.
-        let spec = ours.with_env("HELLO_REDIS_URL", &format!("redis://127.0.0.1:{REDIS_PORT}"));
+        let spec = ours.with_env(
+            "HELLO_REDIS_URL",
+            &format!("redis://127.0.0.1:{REDIS_PORT}"),
+        );
         let (_, server) = servers::start_timed(&spec, &logs.join("ours-counter.log"))?;
         let run = (|| {
             let mut w = Wrk::get(spec.url("/api/counter/increment"), c, plan.counter_s);
             w.post_body = Some(0);
-            let _ = load::run(&Wrk { seconds: 1, ..w.clone() });
+            let _ = load::run(&Wrk {
+                seconds: 1,
+                ..w.clone()
+            });
             let after_warmup = counter_value(spec.port);
             let redis_before = procfs::cpu_seconds(&redis.pids());
             let ours_m = load::measure(&server, &w)?;
@@ -159,7 +168,10 @@ fn wait_for_redis() -> Result<()> {
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
             let mut buf = [0u8; 7];
-            if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut buf).is_ok()
+                && &buf == b"+PONG\r\n"
+            {
                 return Ok(());
             }
         }
@@ -172,7 +184,8 @@ fn wait_for_redis() -> Result<()> {
 fn counter_value(port: u16) -> Option<u64> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /api/counter HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    s.write_all(b"GET /api/counter HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let body = &text[text.find("\r\n\r\n")? + 4..];

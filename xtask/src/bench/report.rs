@@ -8,8 +8,7 @@ use anyhow::Result;
 use super::{
     PeerRow, Plan, Results,
     chart::{self, Panel},
-    median,
-    servers,
+    median, servers,
 };
 
 /// Median figures of one server over its rounds.
@@ -22,6 +21,7 @@ struct Row {
     p999_us: f64,
     cpu_us: f64,
     idle_rss_kib: f64,
+    idle_pss_kib: f64,
     peak_rss_kib: f64,
     startup_ms: f64,
     binary: Option<u64>,
@@ -44,6 +44,7 @@ fn rows(peers: &[PeerRow]) -> Vec<Row> {
                 p999_us: m(&|r| r.measured.wrk.p999_us),
                 cpu_us: m(&|r| r.measured.cpu_us_per_request()),
                 idle_rss_kib: m(&|r| r.idle_rss_kib as f64),
+                idle_pss_kib: m(&|r| r.idle_pss_kib as f64),
                 peak_rss_kib: m(&|r| r.hwm_kib as f64),
                 startup_ms: median(p.startup_ms.clone()),
                 binary: p.spec.binary.as_deref().and_then(super::procfs::file_size),
@@ -56,16 +57,32 @@ fn rows(peers: &[PeerRow]) -> Vec<Row> {
 }
 
 fn ms(us: f64) -> String {
-    if us.is_finite() { format!("{:.2}", us / 1e3) } else { "–".into() }
+    if us.is_finite() {
+        format!("{:.2}", us / 1e3)
+    } else {
+        "–".into()
+    }
 }
 fn mib(kib: f64) -> String {
-    if kib.is_finite() { format!("{:.2}", kib / 1024.0) } else { "–".into() }
+    if kib.is_finite() {
+        format!("{:.2}", kib / 1024.0)
+    } else {
+        "–".into()
+    }
 }
 fn num(v: f64, decimals: usize) -> String {
-    if v.is_finite() { format!("{v:.decimals$}") } else { "–".into() }
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "–".into()
+    }
 }
 fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 && a.is_finite() && b.is_finite() { a / b } else { f64::NAN }
+    if b > 0.0 && a.is_finite() && b.is_finite() {
+        a / b
+    } else {
+        f64::NAN
+    }
 }
 
 pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
@@ -83,7 +100,10 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
         r.finished
     );
     if !published {
-        let _ = writeln!(w, "_A smoke or partial run: the published numbers are in `bench/RESULTS.md`._\n");
+        let _ = writeln!(
+            w,
+            "_A smoke or partial run: the published numbers are in `bench/RESULTS.md`._\n"
+        );
     }
     let _ = writeln!(w, "## Machine and conditions\n");
     if let Some(m) = &r.machine {
@@ -111,7 +131,7 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
          - {} round(s); in each, every server is started fresh ({} timed starts), warmed up for {} s, then loaded for {} s. \
          The order rotates between rounds so drift hits all alike. Figures are medians over rounds.\n\
          - **CPU µs per request** = (utime + stime of the server's whole process tree, from `/proc/PID/stat`, after − before the run) ÷ requests wrk completed.\n\
-         - **Idle RSS**: `VmRSS` summed over the tree, 0.5 s after the first 200 (before any load). **Peak RSS**: `VmHWM` summed over the tree after the run.\n\
+         - **Idle RSS**: `VmRSS` summed over the tree, 0.5 s after the first 200 (before any load); **idle PSS** the same from `smaps_rollup` (shared pages split between processes, so a master + worker pair is not counted twice). **Peak RSS**: `VmHWM` summed over the tree after the run.\n\
          - **Exec → first 200**: from spawn to the first `200` of a `GET /` polled on fresh connections every ~50 µs (median of all starts).\n\
          - **Bound**: server CPU use ÷ wall time and wrk's own CPU use ÷ wall time. A load generator at ~100 % of its core caps the rate it can show.\n\
          - Ours runs with every middleware on (metrics, request ids, `x-served-by`) and access logs off; nginx with `access_log off`. \
@@ -129,11 +149,24 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
     for l in &r.setup {
         let _ = writeln!(w, "{l}");
     }
-    let _ = writeln!(w, "```\n\nServers:\n\n| server | command | what it is |\n|---|---|---|");
+    let _ = writeln!(
+        w,
+        "```\n\nServers:\n\n| server | command | what it is |\n|---|---|---|"
+    );
     for p in &r.peers {
-        let _ = writeln!(w, "| {} | `{}` | {} |", p.spec.name, p.spec.command_line(), p.spec.note);
+        let _ = writeln!(
+            w,
+            "| {} | `{}` | {} |",
+            p.spec.name,
+            p.spec.command_line(),
+            p.spec.note
+        );
     }
-    let _ = writeln!(w, "\nLoad (same for every server):\n```\n{}\n```\n", r.wrk_line);
+    let _ = writeln!(
+        w,
+        "\nLoad (same for every server):\n```\n{}\n```\n",
+        r.wrk_line
+    );
 
     // The main table.
     let _ = writeln!(w, "## GET / — every server, same run\n");
@@ -142,12 +175,12 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
     }
     let _ = writeln!(
         w,
-        "| server | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | idle RSS MiB | peak RSS MiB | exec → 200 ms | binary MiB | errors | server CPU | wrk CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| server | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | idle RSS MiB | idle PSS MiB | peak RSS MiB | exec → 200 ms | binary MiB | errors | server CPU | wrk CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for x in &rows {
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} % | {:.0} % |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} % | {:.0} % |",
             x.name,
             num(x.rps, 0),
             ms(x.p50_us),
@@ -155,28 +188,49 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
             ms(x.p999_us),
             num(x.cpu_us, 2),
             mib(x.idle_rss_kib),
+            mib(x.idle_pss_kib),
             mib(x.peak_rss_kib),
             num(x.startup_ms, 1),
-            x.binary.map(|b| format!("{:.2}", b as f64 / 1048576.0)).unwrap_or_else(|| "–".into()),
+            x.binary
+                .map(|b| format!("{:.2}", b as f64 / 1048576.0))
+                .unwrap_or_else(|| "–".into()),
             x.errors,
             x.server_util * 100.0,
             x.wrk_util * 100.0,
         );
     }
     for p in r.peers.iter().filter(|p| p.failure.is_some()) {
-        let _ = writeln!(w, "\n**{} was not measured**: {}", p.spec.name, p.failure.as_deref().unwrap_or(""));
+        let _ = writeln!(
+            w,
+            "\n**{} was not measured**: {}",
+            p.spec.name,
+            p.failure.as_deref().unwrap_or("")
+        );
     }
     if let Some(size) = r.image_size {
-        let _ = writeln!(w, "\nImage `hello-world:dev`: {:.2} MiB (`docker image inspect`).", size as f64 / 1048576.0);
+        let _ = writeln!(
+            w,
+            "\nImage `hello-world:dev`: {:.2} MiB (`docker image inspect`).",
+            size as f64 / 1048576.0
+        );
     } else {
-        let _ = writeln!(w, "\nImage size: no `hello-world:dev` image on this machine when the bench ran (`cargo xtask image` builds it).");
+        let _ = writeln!(
+            w,
+            "\nImage size: no `hello-world:dev` image on this machine when the bench ran (`cargo xtask image` builds it)."
+        );
     }
 
     // Ratios.
     let nginx = find("nginx");
     let flask = find("flask-dev");
-    let _ = writeln!(w, "\nRatios (req/s: higher is better; CPU/request: lower is better):\n");
-    let _ = writeln!(w, "| server | req/s ÷ nginx | CPU/req ÷ nginx | req/s ÷ Flask dev | CPU/req ÷ Flask dev |\n|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        w,
+        "\nRatios (req/s: higher is better; CPU/request: lower is better):\n"
+    );
+    let _ = writeln!(
+        w,
+        "| server | req/s ÷ nginx | CPU/req ÷ nginx | req/s ÷ Flask dev | CPU/req ÷ Flask dev |\n|---|---:|---:|---:|---:|"
+    );
     for x in &rows {
         let _ = writeln!(
             w,
@@ -201,7 +255,10 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
             let _ = writeln!(w, "Not available: {e}");
         }
         None => {
-            let _ = writeln!(w, "Not run in this mode (it runs in the full run, or with `--only profile`).");
+            let _ = writeln!(
+                w,
+                "Not run in this mode (it runs in the full run, or with `--only profile`)."
+            );
         }
     }
     if !r.notes.is_empty() {
@@ -222,7 +279,10 @@ fn bound(x: &Row) -> String {
             x.server_util * 100.0
         )
     } else if x.server_util >= 0.9 {
-        format!("bounded by the server's core ({:.0} % busy); see the profile below", x.server_util * 100.0)
+        format!(
+            "bounded by the server's core ({:.0} % busy); see the profile below",
+            x.server_util * 100.0
+        )
     } else {
         format!(
             "neither core saturated (server {:.0} %, wrk {:.0} %): latency or machine noise bounds it",
@@ -231,6 +291,10 @@ fn bound(x: &Row) -> String {
         )
     }
 }
+
+/// One target: what, which issue, the measured value, the limit, whether higher is better, and
+/// the value as shown.
+type TargetLine = (&'static str, &'static str, Option<f64>, f64, bool, String);
 
 fn targets(w: &mut String, r: &Results, rows: &[Row]) {
     let find = |n: &str| rows.iter().find(|x| x.name == n);
@@ -250,58 +314,146 @@ fn targets(w: &mut String, r: &Results, rows: &[Row]) {
     for build in ["ours-glibc", "ours-musl"] {
         let Some(x) = find(build) else { continue };
         let rps_n = nginx.map(|n| ratio(x.rps, n.rps)).filter(|v| v.is_finite());
-        let cpu_n = nginx.map(|n| ratio(x.cpu_us, n.cpu_us)).filter(|v| v.is_finite());
+        let cpu_n = nginx
+            .map(|n| ratio(x.cpu_us, n.cpu_us))
+            .filter(|v| v.is_finite());
         let rps_f = flask.map(|n| ratio(x.rps, n.rps)).filter(|v| v.is_finite());
-        let lines: [(&str, &str, Option<f64>, f64, bool, String); 9] = [
-            ("req/s ≥ 0.9× nginx", "#2", rps_n, 0.9, true, format!("{:.2}×", rps_n.unwrap_or(f64::NAN))),
-            ("req/s ≥ 1.0× nginx", "#7", rps_n, 1.0, true, format!("{:.2}×", rps_n.unwrap_or(f64::NAN))),
-            ("CPU/req ≤ 1.25× nginx", "#2", cpu_n, 1.25, false, format!("{:.2}×", cpu_n.unwrap_or(f64::NAN))),
-            ("CPU/req ≤ 1.0× nginx", "#7", cpu_n, 1.0, false, format!("{:.2}×", cpu_n.unwrap_or(f64::NAN))),
-            ("req/s ≥ 50× Flask dev", "#2", rps_f, 50.0, true, format!("{:.0}×", rps_f.unwrap_or(f64::NAN))),
-            ("req/s ≥ 60× Flask dev", "#7", rps_f, 60.0, true, format!("{:.0}×", rps_f.unwrap_or(f64::NAN))),
-            ("idle RSS ≤ 4 MiB", "#2", Some(x.idle_rss_kib / 1024.0), 4.0, false, format!("{} MiB", mib(x.idle_rss_kib))),
-            ("idle RSS ≤ 2 MiB", "#7", Some(x.idle_rss_kib / 1024.0), 2.0, false, format!("{} MiB", mib(x.idle_rss_kib))),
-            ("exec → first 200 ≤ 10 ms (#2: ≤ 50 ms)", "#7", Some(x.startup_ms), 10.0, false, format!("{:.1} ms", x.startup_ms)),
+        let lines: [TargetLine; 9] = [
+            (
+                "req/s ≥ 0.9× nginx",
+                "#2",
+                rps_n,
+                0.9,
+                true,
+                format!("{:.2}×", rps_n.unwrap_or(f64::NAN)),
+            ),
+            (
+                "req/s ≥ 1.0× nginx",
+                "#7",
+                rps_n,
+                1.0,
+                true,
+                format!("{:.2}×", rps_n.unwrap_or(f64::NAN)),
+            ),
+            (
+                "CPU/req ≤ 1.25× nginx",
+                "#2",
+                cpu_n,
+                1.25,
+                false,
+                format!("{:.2}×", cpu_n.unwrap_or(f64::NAN)),
+            ),
+            (
+                "CPU/req ≤ 1.0× nginx",
+                "#7",
+                cpu_n,
+                1.0,
+                false,
+                format!("{:.2}×", cpu_n.unwrap_or(f64::NAN)),
+            ),
+            (
+                "req/s ≥ 50× Flask dev",
+                "#2",
+                rps_f,
+                50.0,
+                true,
+                format!("{:.0}×", rps_f.unwrap_or(f64::NAN)),
+            ),
+            (
+                "req/s ≥ 60× Flask dev",
+                "#7",
+                rps_f,
+                60.0,
+                true,
+                format!("{:.0}×", rps_f.unwrap_or(f64::NAN)),
+            ),
+            (
+                "idle RSS ≤ 4 MiB",
+                "#2",
+                Some(x.idle_rss_kib / 1024.0),
+                4.0,
+                false,
+                format!("{} MiB", mib(x.idle_rss_kib)),
+            ),
+            (
+                "idle RSS ≤ 2 MiB",
+                "#7",
+                Some(x.idle_rss_kib / 1024.0),
+                2.0,
+                false,
+                format!("{} MiB", mib(x.idle_rss_kib)),
+            ),
+            (
+                "exec → first 200 ≤ 10 ms (#2: ≤ 50 ms)",
+                "#7",
+                Some(x.startup_ms),
+                10.0,
+                false,
+                format!("{:.1} ms", x.startup_ms),
+            ),
         ];
         for (what, issue, value, limit, higher, shown) in lines {
-            let ok = value.filter(|v| v.is_finite()).map(|v| if higher { v >= limit } else { v <= limit });
-            let _ = writeln!(w, "| {build}: {what} | {issue} | {shown} | {} |", verdict(ok));
+            let ok = value
+                .filter(|v| v.is_finite())
+                .map(|v| if higher { v >= limit } else { v <= limit });
+            let _ = writeln!(
+                w,
+                "| {build}: {what} | {issue} | {shown} | {} |",
+                verdict(ok)
+            );
             if ok == Some(false) {
                 let why = if what.starts_with("req/s") || what.starts_with("CPU") {
                     bound(x)
                 } else {
                     String::new()
                 };
-                misses.push(format!("{build}: {what} ({issue}) — measured {shown}. {why}"));
+                misses.push(format!(
+                    "{build}: {what} ({issue}) — measured {shown}. {why}"
+                ));
             }
         }
     }
     if let (Some(g), Some(m)) = (find("ours-glibc"), find("ours-musl")) {
         let d = ratio(m.cpu_us, g.cpu_us);
         let ok = d.is_finite().then_some(d <= 1.10);
-        let _ = writeln!(w, "| musl CPU/req within 10 % of glibc | #7 | {:.2}× | {} |", d, verdict(ok));
+        let _ = writeln!(
+            w,
+            "| musl CPU/req within 10 % of glibc | #7 | {:.2}× | {} |",
+            d,
+            verdict(ok)
+        );
         if ok == Some(false) {
-            misses.push(format!("musl CPU/req is {d:.2}× glibc's (#7 wants ≤ 1.10×)"));
+            misses.push(format!(
+                "musl CPU/req is {d:.2}× glibc's (#7 wants ≤ 1.10×)"
+            ));
         }
     }
     let img = r.image_size.map(|s| s as f64 / 1048576.0);
     let _ = writeln!(
         w,
         "| image ≤ 4 MiB | #7 | {} | {} |",
-        img.map(|v| format!("{v:.2} MiB")).unwrap_or_else(|| "no image".into()),
+        img.map(|v| format!("{v:.2} MiB"))
+            .unwrap_or_else(|| "no image".into()),
         verdict(img.map(|v| v <= 4.0))
     );
     if let Some(Ok(c)) = &r.counter {
         let q = ratio(c.ours.wrk.rps(), c.redis_rps);
         let ok = q.is_finite().then_some(q >= 0.5);
-        let _ = writeln!(w, "| increments on Redis ≥ 0.5× redis-benchmark INCR | #3, #7 | {q:.2}× | {} |", verdict(ok));
+        let _ = writeln!(
+            w,
+            "| increments on Redis ≥ 0.5× redis-benchmark INCR | #3, #7 | {q:.2}× | {} |",
+            verdict(ok)
+        );
         if ok == Some(false) {
             misses.push(format!(
                 "increments reach {q:.2}× of redis-benchmark's INCR rate; see the counter section for where the CPU goes"
             ));
         }
     } else {
-        let _ = writeln!(w, "| increments on Redis ≥ 0.5× redis-benchmark INCR | #3, #7 | – | not measured |");
+        let _ = writeln!(
+            w,
+            "| increments on Redis ≥ 0.5× redis-benchmark INCR | #3, #7 | – | not measured |"
+        );
     }
     if !misses.is_empty() {
         let _ = writeln!(w, "\nWhat bounds each miss:\n");
@@ -410,10 +562,20 @@ fn growth(w: &mut String, r: &Results) {
         }
     }
 
-    let _ = writeln!(w, "\n### Through the Swarm stack's HAProxy: 1 / 3 / 5 replicas vs direct\n");
-    let _ = writeln!(w, "{}", r.stack.as_deref().unwrap_or("Not run in this mode."));
+    let _ = writeln!(
+        w,
+        "\n### Through the Swarm stack's HAProxy: 1 / 3 / 5 replicas vs direct\n"
+    );
+    let _ = writeln!(
+        w,
+        "{}",
+        r.stack.as_deref().unwrap_or("Not run in this mode.")
+    );
 
-    let _ = writeln!(w, "\n### POST /api/counter/increment on Redis vs redis-benchmark INCR\n");
+    let _ = writeln!(
+        w,
+        "\n### POST /api/counter/increment on Redis vs redis-benchmark INCR\n"
+    );
     match &r.counter {
         None => {
             let _ = writeln!(w, "Not run.");
@@ -442,7 +604,10 @@ fn growth(w: &mut String, r: &Results) {
                 num(c.redis_rps, 0),
                 c.redis_p50_ms,
                 c.redis_p99_ms,
-                num(c.redis_cpu_seconds * 1e6 / c.redis_requests.max(1) as f64, 2),
+                num(
+                    c.redis_cpu_seconds * 1e6 / c.redis_requests.max(1) as f64,
+                    2
+                ),
                 num(c.ours.wrk.rps(), 0),
                 ms(c.ours.wrk.p50_us),
                 ms(c.ours.wrk.p99_us),
@@ -451,7 +616,9 @@ fn growth(w: &mut String, r: &Results) {
                 num(c.redis_cpu_seconds_under_ours * 1e6 / reqs, 2),
                 c.ours.wrk.errors,
                 ratio(c.ours.wrk.rps(), c.redis_rps),
-                c.counted.map(|v| v.to_string()).unwrap_or_else(|| "(unread)".into()),
+                c.counted
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "(unread)".into()),
                 c.ours.wrk.requests,
             );
         }
@@ -459,7 +626,11 @@ fn growth(w: &mut String, r: &Results) {
 }
 
 fn size(bytes: usize) -> String {
-    if bytes >= 1 << 20 { format!("{} MiB", bytes >> 20) } else { format!("{} KiB", bytes >> 10) }
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
 }
 
 /// Draws every chart the results have data for into `dir`.
@@ -483,12 +654,18 @@ pub(crate) fn charts(r: &Results, dir: &Path) -> Result<()> {
                 Panel::Bars {
                     title: "idle RSS (lower is better)".into(),
                     y_label: "MiB".into(),
-                    items: rows.iter().map(|x| (x.name.clone(), x.idle_rss_kib / 1024.0)).collect(),
+                    items: rows
+                        .iter()
+                        .map(|x| (x.name.clone(), x.idle_rss_kib / 1024.0))
+                        .collect(),
                 },
                 Panel::Bars {
                     title: "exec → first 200 (lower is better)".into(),
                     y_label: "ms".into(),
-                    items: rows.iter().map(|x| (x.name.clone(), x.startup_ms)).collect(),
+                    items: rows
+                        .iter()
+                        .map(|x| (x.name.clone(), x.startup_ms))
+                        .collect(),
                 },
             ],
         )?;
@@ -555,12 +732,18 @@ pub(crate) fn charts(r: &Results, dir: &Path) -> Result<()> {
                 Panel::Bars {
                     title: "server memory per connection (lower is better)".into(),
                     y_label: "KiB / connection".into(),
-                    items: idle.iter().map(|x| (x.name.clone(), x.kib_per_connection())).collect(),
+                    items: idle
+                        .iter()
+                        .map(|x| (x.name.clone(), x.kib_per_connection()))
+                        .collect(),
                 },
                 Panel::Bars {
                     title: "server RSS holding them".into(),
                     y_label: "MiB".into(),
-                    items: idle.iter().map(|x| (x.name.clone(), x.rss_after_kib as f64 / 1024.0)).collect(),
+                    items: idle
+                        .iter()
+                        .map(|x| (x.name.clone(), x.rss_after_kib as f64 / 1024.0))
+                        .collect(),
                 },
             ],
         )?;
@@ -568,7 +751,12 @@ pub(crate) fn charts(r: &Results, dir: &Path) -> Result<()> {
     let echo: Vec<_> = r.echo.iter().filter_map(|x| x.as_ref().ok()).collect();
     if !echo.is_empty() {
         let pts = |f: &dyn Fn(&super::EchoRow) -> f64| {
-            vec![("ours".to_owned(), echo.iter().map(|x| (x.bytes as f64 / 1024.0, f(x))).collect())]
+            vec![(
+                "ours".to_owned(),
+                echo.iter()
+                    .map(|x| (x.bytes as f64 / 1024.0, f(x)))
+                    .collect(),
+            )]
         };
         chart::draw(
             &dir.join("echo.png"),

@@ -61,7 +61,10 @@ impl Spec {
         for (k, v) in &self.env {
             line.push_str(&format!("{k}={v} "));
         }
-        line.push_str(&format!("taskset -c {SERVER_CPU} {}", display_path(&self.program)));
+        line.push_str(&format!(
+            "taskset -c {SERVER_CPU} {}",
+            display_path(&self.program)
+        ));
         for a in &self.args {
             line.push(' ');
             line.push_str(a);
@@ -128,9 +131,15 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
     // Ours: the glibc release build a developer runs, and the musl build that goes into the image.
     sh.change_dir(&root);
     cmd!(sh, "cargo build --release --locked -p hello-world").run()?;
-    cmd!(sh, "cargo build --release --locked -p hello-world --target {MUSL_TARGET}").run()?;
+    cmd!(
+        sh,
+        "cargo build --release --locked -p hello-world --target {MUSL_TARGET}"
+    )
+    .run()?;
     log.push("cargo build --release --locked -p hello-world".into());
-    log.push(format!("cargo build --release --locked -p hello-world --target {MUSL_TARGET}"));
+    log.push(format!(
+        "cargo build --release --locked -p hello-world --target {MUSL_TARGET}"
+    ));
     let glibc = target.join("release/hello-world");
     let musl = target.join(MUSL_TARGET).join("release/hello-world");
 
@@ -154,7 +163,11 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
         cmd!(sh, "python3 -m venv {venv}").run()?;
         let pip = venv.join("bin/pip");
         let req_file = flask_dir.join("requirements.txt");
-        cmd!(sh, "{pip} install --quiet --disable-pip-version-check -r {req_file}").run()?;
+        cmd!(
+            sh,
+            "{pip} install --quiet --disable-pip-version-check -r {req_file}"
+        )
+        .run()?;
         fs::write(&stamp, &reqs)?;
     }
     let python = venv.join("bin/python");
@@ -174,7 +187,10 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
         .replace("@PORT@", &PORT_NGINX.to_string());
     let conf_path = prefix.join("nginx.conf");
     fs::write(&conf_path, conf)?;
-    let nginx_version = cmd!(sh, "nginx -v").ignore_status().read_stderr().unwrap_or_default();
+    let nginx_version = cmd!(sh, "nginx -v")
+        .ignore_status()
+        .read_stderr()
+        .unwrap_or_default();
 
     let ours = |name: &'static str, bin: &Path, port: u16, note: &str| Spec {
         name,
@@ -198,8 +214,18 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
         note: note.into(),
     };
     Ok(vec![
-        ours("ours-glibc", &glibc, PORT_OURS_GLIBC, "release build, x86_64-unknown-linux-gnu"),
-        ours("ours-musl", &musl, PORT_OURS_MUSL, "release build, x86_64-unknown-linux-musl (the image's binary)"),
+        ours(
+            "ours-glibc",
+            &glibc,
+            PORT_OURS_GLIBC,
+            "release build, x86_64-unknown-linux-gnu",
+        ),
+        ours(
+            "ours-musl",
+            &musl,
+            PORT_OURS_MUSL,
+            "release build, x86_64-unknown-linux-musl (the image's binary)",
+        ),
         Spec {
             name: "nginx",
             kind: Kind::Reference,
@@ -216,7 +242,10 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
             cwd: None,
             port: PORT_NGINX,
             binary: Some("/usr/sbin/nginx".into()),
-            note: format!("{}, 1 worker, access_log off (binary is dynamically linked)", nginx_version.trim()),
+            note: format!(
+                "{}, 1 worker, access_log off (binary is dynamically linked)",
+                nginx_version.trim()
+            ),
         },
         Spec {
             name: "go",
@@ -227,7 +256,10 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
             cwd: None,
             port: PORT_GO,
             binary: Some(go_bin),
-            note: format!("stdlib net/http, {}", go_version.trim().trim_start_matches("go version ")),
+            note: format!(
+                "stdlib net/http, {}",
+                go_version.trim().trim_start_matches("go version ")
+            ),
         },
         Spec {
             name: "gunicorn",
@@ -281,20 +313,31 @@ impl Running {
         procfs::tree(self.pid())
     }
 
-    /// Kills the tree: SIGKILL to every process of it, then reaps the direct child. No drain is
-    /// wanted here, and nginx's worker would outlive a killed master otherwise.
+    /// Kills the tree: SIGKILL to the root first (so an nginx master or gunicorn arbiter cannot
+    /// replace a worker it sees die), then to every descendant found before. No drain is wanted
+    /// here, and a worker would outlive a killed master otherwise.
     pub(crate) fn stop(mut self) -> Result<()> {
         let pids = self.pids();
-        let mut kill = Command::new("kill");
-        kill.arg("-KILL");
-        for p in pids.iter().skip(1) {
-            kill.arg(p.to_string());
-        }
-        if pids.len() > 1 {
-            let _ = kill.stderr(Stdio::null()).status();
-        }
         let _ = self.child.kill();
+        if pids.len() > 1 {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(pids.iter().skip(1).map(u32::to_string))
+                .stderr(Stdio::null())
+                .status();
+        }
         self.child.wait()?;
+        // Bounded wait until the descendants are gone too (they hold the listening socket).
+        for _ in 0..200 {
+            if pids
+                .iter()
+                .skip(1)
+                .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+            {
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
         Ok(())
     }
 }
@@ -311,7 +354,10 @@ pub(crate) fn ensure_port_free(port: u16) -> Result<()> {
 /// pinned there, and a child inherits the affinity of the thread that forked it. (This is what
 /// `taskset -c 0` does, without timing taskset's own exec into the startup figure.)
 pub(crate) fn spawn(spec: &Spec, log_path: &Path) -> Result<Running> {
-    let log = fs::OpenOptions::new().create(true).append(true).open(log_path)?;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)?;
     let log_err = log.try_clone()?;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
@@ -336,11 +382,9 @@ pub(crate) fn spawn(spec: &Spec, log_path: &Path) -> Result<Running> {
 
 /// Pins the calling thread (and whatever it later spawns) to one CPU.
 pub(crate) fn pin_current_thread(cpu: usize) {
-    let pinned = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.id == cpu)
-        .is_some_and(core_affinity::set_for_current);
+    // Not looked up through get_core_ids(): that lists only the CPUs the calling thread may
+    // already use, and the bench's own thread is pinned to the other one.
+    let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
     if !pinned {
         eprintln!("bench: could not pin a thread to CPU {cpu}; figures will be noisier");
     }
@@ -370,7 +414,11 @@ pub(crate) fn start_timed(spec: &Spec, log_path: &Path) -> Result<(Duration, Run
         thread::sleep(Duration::from_micros(50));
     }
     let _ = running.stop();
-    bail!("{} did not answer 200 within 20 s; see {}", spec.name, log_path.display())
+    bail!(
+        "{} did not answer 200 within 20 s; see {}",
+        spec.name,
+        log_path.display()
+    )
 }
 
 /// One `GET /` on a fresh connection: true only for a `200` status line.
