@@ -19,7 +19,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), extra: Map::new(), allow: None }
+        Self {
+            status,
+            message: message.into(),
+            extra: Map::new(),
+            allow: None,
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -31,8 +36,11 @@ impl ApiError {
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes"))
-            .with("limit_bytes", limit)
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {limit} bytes"),
+        )
+        .with("limit_bytes", limit)
     }
 
     /// 405 with the `Allow` header listing what the route accepts.

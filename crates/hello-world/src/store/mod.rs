@@ -104,3 +104,103 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Succeeds when the store answers; drives readiness.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
+
+/// Opens the store the configuration names: Redis when a URL is given, else in memory.
+/// Every call through the returned store is counted in [`Metrics`].
+pub async fn open(
+    config: &crate::config::Config,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let inner: std::sync::Arc<dyn Store> = match &config.redis_url {
+        None => std::sync::Arc::new(memory::MemoryStore::new()),
+        Some(_) => {
+            anyhow::bail!("--redis-url / HELLO_REDIS_URL: Redis support is not built in yet")
+        }
+    };
+    Ok(std::sync::Arc::new(Metered { inner, metrics }))
+}
+
+/// Counts every call and every failure by operation; a precondition failure is an answer,
+/// not a store failure.
+#[derive(Debug)]
+struct Metered {
+    inner: std::sync::Arc<dyn Store>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Metered {
+    fn record<T>(&self, operation: &'static str, result: &Result<T, StoreError>) {
+        let failed = matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+        );
+        self.metrics.record_store_operation(operation, failed);
+    }
+}
+
+impl Store for Metered {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Entry>, StoreError>> {
+        Box::pin(async move {
+            let result = self.inner.get(key).await;
+            self.record("get", &result);
+            result
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        condition: Condition,
+    ) -> BoxFuture<'a, Result<Version, StoreError>> {
+        Box::pin(async move {
+            let result = self.inner.put(key, value, condition).await;
+            self.record("put", &result);
+            result
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+        condition: Condition,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let result = self.inner.delete(key, condition).await;
+            self.record("delete", &result);
+            result
+        })
+    }
+
+    fn counter<'a>(&'a self, counter: &'a str) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let result = self.inner.counter(counter).await;
+            self.record("counter", &result);
+            result
+        })
+    }
+
+    fn increment<'a>(
+        &'a self,
+        counter: &'a str,
+        idempotency_key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Increment, StoreError>> {
+        Box::pin(async move {
+            let result = self.inner.increment(counter, idempotency_key).await;
+            self.record("increment", &result);
+            result
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let result = self.inner.ping().await;
+            self.record("ping", &result);
+            result
+        })
+    }
+}

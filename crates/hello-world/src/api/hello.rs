@@ -1,0 +1,105 @@
+//! `GET /`: the seed's contract, `Hello World!` as text, for every client that does not ask
+//! for HTML; a browser gets the web page, which shows the same greeting.
+
+use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderMap, HeaderValue, header};
+
+use super::AppState;
+
+pub const GREETING: &str = "Hello World!";
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/", get(hello))
+}
+
+async fn hello(headers: HeaderMap) -> Response {
+    let vary = (header::VARY, HeaderValue::from_static("accept"));
+    if prefers_html(headers.get(header::ACCEPT)) {
+        (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                ),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(crate::web::CONTENT_SECURITY_POLICY),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                vary,
+            ],
+            crate::web::INDEX_HTML,
+        )
+            .into_response()
+    } else {
+        (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                ),
+                vary,
+            ],
+            GREETING,
+        )
+            .into_response()
+    }
+}
+
+/// True when `Accept` names HTML explicitly and ranks it at least as high as plain text
+/// (wildcards count for text only: `*/*` alone, as curl sends, gets text).
+fn prefers_html(accept: Option<&HeaderValue>) -> bool {
+    let Some(accept) = accept.and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let mut html = 0.0_f32;
+    let mut text = 0.0_f32;
+    let mut text_specific = false;
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|param| param.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "text/html" | "application/xhtml+xml" => html = html.max(quality),
+            "text/plain" => {
+                text = if text_specific {
+                    text.max(quality)
+                } else {
+                    quality
+                };
+                text_specific = true;
+            }
+            "text/*" | "*/*" if !text_specific => text = text.max(quality),
+            _ => {}
+        }
+    }
+    html > 0.0 && html >= text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn html(accept: &str) -> bool {
+        prefers_html(Some(&HeaderValue::from_str(accept).expect("test header")))
+    }
+
+    #[test]
+    fn browsers_get_html_and_everyone_else_text() {
+        assert!(html(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        ));
+        assert!(html("text/html"));
+        assert!(!html("*/*"));
+        assert!(!html("text/plain"));
+        assert!(!html("text/plain, text/html;q=0.5"));
+        assert!(!html("application/json"));
+        assert!(!html("text/html;q=0"));
+        assert!(!prefers_html(None));
+    }
+}

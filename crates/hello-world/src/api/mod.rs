@@ -1,0 +1,97 @@
+//! The public port's routes, one file per resource, each with its own `router()`.
+//!
+//! | route | file |
+//! |---|---|
+//! | `GET /` (text, or the web page for browsers) | [`hello`] |
+//! | `GET /healthz`, `GET /readyz` | [`probes`] |
+//! | `GET /api/info`, `GET /version` | [`info`] |
+//! | `GET /status/{code}`, `GET /delay/{duration}`, `GET /headers`, `POST /api/echo` | [`diagnostics`] |
+//!
+//! Routes answer errors with [`ApiError`]; [`crate::observe`] wraps them all.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use http::HeaderValue;
+use http_body_util::BodyExt;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::lifecycle::Readiness;
+use crate::metrics::Metrics;
+use crate::observe::Faults;
+use crate::store::Store;
+
+pub mod diagnostics;
+pub mod hello;
+pub mod info;
+pub mod probes;
+
+/// What every handler can reach. Cloning is one reference count.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn Store>,
+    pub faults: Arc<Faults>,
+    /// When the process started serving, for uptime.
+    pub started: Instant,
+    /// `x-served-by`, built once.
+    pub served_by: HeaderValue,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        let served_by = HeaderValue::from_str(&config.instance_name)
+            .expect("config validated the instance name as a header value");
+        Self(Arc::new(Shared {
+            config,
+            readiness: Arc::new(Readiness::new()),
+            metrics,
+            store,
+            faults: Arc::new(Faults::default()),
+            started: Instant::now(),
+            served_by,
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// Every public route, without the middleware (see [`crate::observe::public_app`]).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(hello::router())
+        .merge(probes::router())
+        .merge(info::router())
+        .merge(diagnostics::router())
+}
+
+/// Reads a whole body, refusing more than `limit` bytes with 413.
+///
+/// A `Content-Length` over the limit has already been refused by [`crate::observe`] before the
+/// handler ran; this catches chunked bodies that grow past it.
+pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(err) => Err(ApiError::bad_request(format!(
+            "could not read the request body: {err}"
+        ))),
+    }
+}

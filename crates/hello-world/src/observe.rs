@@ -1,0 +1,329 @@
+//! The middleware every public request passes through, in one place so its order is visible:
+//!
+//! 1. request id: the caller's `x-request-id` when it is sane, else a fresh one;
+//! 2. refusals before any work: HTTP/1.1 without `Host` → 400, a `Content-Length` above the
+//!    body limit → 413 at once (the body is never read);
+//! 3. fault injection (admin-controlled; never on `/healthz` and `/readyz`);
+//! 4. the route, under the request timeout (503 when it runs out);
+//! 5. every error made JSON (axum's own 405s and rejections are plain text or empty);
+//! 6. `x-served-by`, `x-version`, `x-request-id` on the answer; metrics by route template;
+//!    the access log line.
+//!
+//! The route template comes from an inner `route_layer` ([`tag_route`]) that copies axum's
+//! `MatchedPath` into the response, so unmatched paths are labelled `unmatched` instead of
+//! minting a label per path.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
+use http_body_util::BodyExt;
+
+use crate::api::{self, AppState};
+use crate::error::ApiError;
+
+pub static X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+pub static X_VERSION: HeaderName = HeaderName::from_static("x-version");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The public application: routes, fallback and middleware, ready to serve.
+pub fn public_app(state: AppState) -> Router {
+    api::router()
+        .route_layer(middleware::from_fn(tag_route))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The route template that answered, carried from [`tag_route`] to [`observe`].
+#[derive(Debug, Clone)]
+struct RouteTemplate(Arc<str>);
+
+async fn tag_route(matched: MatchedPath, request: Request, next: Next) -> Response {
+    let route = RouteTemplate(Arc::from(matched.as_str()));
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(route);
+    response
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found("no route for this path").with("path", request.uri().path())
+}
+
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let _in_flight = state.metrics.in_flight();
+    let method = method_label(request.method());
+    let request_id = request_id(request.headers());
+    let uri = request.uri().clone();
+    let is_probe = matches!(uri.path(), "/healthz" | "/readyz");
+
+    let response = match refuse_early(&request, state.config.body_limit) {
+        Some(refusal) => refusal.into_response(),
+        None => match state.faults.roll(is_probe).await {
+            Some(injected) => injected.into_response(),
+            None => {
+                match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => ApiError::unavailable("request timed out")
+                        .with(
+                            "timeout_ms",
+                            state.config.request_timeout.as_millis() as u64,
+                        )
+                        .into_response(),
+                }
+            }
+        },
+    };
+    let mut response = json_errors(response).await;
+
+    let route = response
+        .extensions()
+        .get::<RouteTemplate>()
+        .map(|route| route.0.clone())
+        .unwrap_or_else(unmatched);
+    let headers = response.headers_mut();
+    headers.insert(X_SERVED_BY.clone(), state.served_by.clone());
+    headers.insert(X_VERSION.clone(), HeaderValue::from_static(crate::VERSION));
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+
+    let elapsed = started.elapsed();
+    let status = response.status();
+    state
+        .metrics
+        .record_request(method, &route, status.as_u16(), elapsed);
+    let slow = elapsed >= state.config.slow_request;
+    if state.config.access_log || status.is_server_error() || slow {
+        let latency_ms = elapsed.as_micros() as f64 / 1000.0;
+        let request_id = request_id.to_str().unwrap_or("");
+        if status.is_server_error() || slow {
+            tracing::warn!(
+                method = method.as_ref(),
+                route = route.as_ref(),
+                path = uri.path(),
+                status = status.as_u16(),
+                latency_ms,
+                request_id,
+                slow,
+                "request"
+            );
+        } else {
+            tracing::info!(
+                method = method.as_ref(),
+                route = route.as_ref(),
+                path = uri.path(),
+                status = status.as_u16(),
+                latency_ms,
+                request_id,
+                "request"
+            );
+        }
+    }
+    response
+}
+
+fn unmatched() -> Arc<str> {
+    static UNMATCHED: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    UNMATCHED.get_or_init(|| Arc::from("unmatched")).clone()
+}
+
+/// The method as a metric label; unknown methods share one label so clients cannot mint labels.
+fn method_label(method: &Method) -> &'static Arc<str> {
+    static LABELS: std::sync::OnceLock<[Arc<str>; 9]> = std::sync::OnceLock::new();
+    let labels = LABELS.get_or_init(|| {
+        [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "other",
+        ]
+        .map(Arc::from)
+    });
+    let index = match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        _ => 8,
+    };
+    &labels[index]
+}
+
+/// The caller's request id when it is 1–128 visible ASCII characters, else a fresh one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(given) = headers.get(&X_REQUEST_ID) {
+        let bytes = given.as_bytes();
+        if (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_graphic()) {
+            return given.clone();
+        }
+    }
+    let mut text = [0u8; 16];
+    let random = fastrand::u64(..);
+    for (index, slot) in text.iter_mut().enumerate() {
+        let nibble = (random >> (60 - 4 * index)) & 0xf;
+        *slot = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
+}
+
+fn refuse_early(request: &Request, body_limit: usize) -> Option<ApiError> {
+    if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
+        return Some(ApiError::bad_request(
+            "HTTP/1.1 requests must carry a Host header",
+        ));
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > body_limit as u64 => Some(ApiError::payload_too_large(body_limit)),
+        _ => None,
+    }
+}
+
+/// Gives error answers that are not JSON yet (axum's 405 and extractor rejections) a JSON body,
+/// keeping their status and headers such as `Allow`.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match http_body_util::Limited::new(body, 4096).collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
+            .trim()
+            .to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let mut error = ApiError::new(status, message);
+    if status == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(allow) = parts.headers.get(header::ALLOW)
+    {
+        error = ApiError::method_not_allowed(allow.clone());
+    }
+    let mut rebuilt = error.into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rebuilt
+                .headers_mut()
+                .entry(name)
+                .or_insert_with(|| value.clone());
+        }
+    }
+    *rebuilt.extensions_mut() = parts.extensions;
+    rebuilt
+}
+
+/// Faults an operator switches on through the admin port, for resilience demos: a share of
+/// public requests answered 500, and latency added before each. Both off by default.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Share of requests to fail, as `f64` bits (0 = off).
+    error_rate: AtomicU64,
+    /// Latency to add, in microseconds (0 = off).
+    latency_us: AtomicU64,
+}
+
+impl Faults {
+    pub fn set(&self, error_rate: f64, latency: Duration) {
+        self.error_rate
+            .store(error_rate.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.store(micros, Ordering::Relaxed);
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        f64::from_bits(self.error_rate.load(Ordering::Relaxed))
+    }
+
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
+    }
+
+    /// Applies the configured faults to one request: waits the added latency, then maybe
+    /// returns the injected error. Probes are exempt, so faults never get replicas restarted.
+    async fn roll(&self, is_probe: bool) -> Option<ApiError> {
+        if is_probe {
+            return None;
+        }
+        let latency = self.latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let rate = self.error_rate();
+        (rate > 0.0 && fastrand::f64() < rate)
+            .then(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "injected fault"))
+    }
+}
+
+/// A body-less answer with `status`, for tests of [`json_errors`].
+#[cfg(test)]
+fn bare(status: StatusCode) -> Response {
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bare_errors_become_json_and_keep_allow() {
+        let mut response = bare(StatusCode::METHOD_NOT_ALLOWED);
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+        let response = json_errors(response).await;
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "GET,HEAD");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(json["error"], "method not allowed");
+        assert_eq!(json["allow"], "GET,HEAD");
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        let made = request_id(&headers);
+        assert_eq!(made.len(), 16);
+        assert!(made.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    }
+
+    #[tokio::test]
+    async fn probes_are_never_faulted() {
+        let faults = Faults::default();
+        faults.set(1.0, Duration::ZERO);
+        assert!(faults.roll(true).await.is_none());
+        assert!(faults.roll(false).await.is_some());
+    }
+}

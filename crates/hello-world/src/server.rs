@@ -1,0 +1,220 @@
+//! Binds the public and admin listeners and serves them until shutdown.
+//!
+//! We run our own accept loop on hyper instead of `axum::serve` because the listener-level
+//! defences need it:
+//! - a header read timeout (slowloris): hyper only enforces it with a timer installed, and
+//!   `axum::serve` installs none;
+//! - a 32 KiB cap on the request head and hyper's 100-header cap (both answered 431);
+//! - a connection limit (a semaphore; connections over it are closed at once and counted);
+//! - graceful shutdown in the order [`crate::lifecycle`] describes.
+//!
+//! [`Server::bind`] takes a [`Config`] whose ports may be 0, so tests bind ephemeral ports and
+//! read them back; [`Server::run`] takes the shutdown future, so tests stop it themselves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::api::AppState;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Largest request head (request line + headers) accepted; more is answered 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Two bound listeners and the state they serve.
+#[derive(Debug)]
+pub struct Server {
+    public: TcpListener,
+    admin: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Opens the store the config names and binds both listeners.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let store = crate::store::open(&config, metrics.clone()).await?;
+        Self::bind_with_store(config, store, metrics).await
+    }
+
+    /// Binds both listeners around a store the caller made.
+    pub async fn bind_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let public_addr = SocketAddr::new(config.host, config.port);
+        let admin_addr = SocketAddr::new(config.host, config.admin_port);
+        let public = TcpListener::bind(public_addr)
+            .await
+            .with_context(|| format!("cannot listen on {public_addr} (--port / HELLO_PORT)"))?;
+        let admin = TcpListener::bind(admin_addr).await.with_context(|| {
+            format!("cannot listen on {admin_addr} (--admin-port / HELLO_ADMIN_PORT)")
+        })?;
+        let state = AppState::new(config, store, metrics);
+        Ok(Self {
+            public,
+            admin,
+            state,
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains (see [`crate::lifecycle`]) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            public,
+            admin,
+            state,
+        } = self;
+        let config = &state.config;
+
+        // Readiness follows the store from the first moment: one ping (bounded by the store's
+        // call timeout) before declaring ourselves started, then a watcher.
+        let reachable = state.store.ping().await.is_ok();
+        state.readiness.set_store_reachable(reachable);
+        let watcher = tokio::spawn(crate::lifecycle::watch_store(
+            state.store.clone(),
+            state.readiness.clone(),
+        ));
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(config.header_timeout)
+            .max_header_size(MAX_HEADER_BYTES)
+            .keep_alive(true);
+        let public_loop = tokio::spawn(accept_loop(
+            public,
+            crate::observe::public_app(state.clone()),
+            http.clone(),
+            Some(Arc::new(Semaphore::new(config.max_connections))),
+            state.metrics.clone(),
+            stop_rx.clone(),
+        ));
+        let admin_loop = tokio::spawn(accept_loop(
+            admin,
+            crate::admin::admin_app(state.clone()),
+            http,
+            None,
+            state.metrics.clone(),
+            stop_rx,
+        ));
+        state.readiness.mark_started();
+        tracing::info!(
+            public = %SocketAddr::new(config.host, config.port),
+            admin_port = config.admin_port,
+            instance = %config.instance_name,
+            version = crate::VERSION,
+            store = state.store.kind(),
+            "serving"
+        );
+
+        shutdown.await;
+        state.readiness.mark_draining();
+        tracing::info!(
+            drain_delay_ms = config.drain_delay.as_millis() as u64,
+            "draining: /readyz now answers 503"
+        );
+        tokio::time::sleep(config.drain_delay).await;
+
+        tracing::info!("closing listeners; waiting for in-flight requests");
+        let _ = stop_tx.send(true);
+        let public_graceful = public_loop.await.context("public accept loop panicked")?;
+        let admin_graceful = admin_loop.await.context("admin accept loop panicked")?;
+        let finished = tokio::time::timeout(config.shutdown_timeout, async {
+            tokio::join!(public_graceful.shutdown(), admin_graceful.shutdown());
+        })
+        .await;
+        watcher.abort();
+        match finished {
+            Ok(()) => tracing::info!("all requests finished; exiting"),
+            Err(_) => tracing::warn!(
+                shutdown_timeout_ms = config.shutdown_timeout.as_millis() as u64,
+                "shutdown timeout reached with requests still in flight; exiting anyway"
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Accepts connections until told to stop, then hands back the graceful-shutdown tracker of the
+/// connections it started.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    http: http1::Builder,
+    limit: Option<Arc<Semaphore>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> GracefulShutdown {
+    let graceful = GracefulShutdown::new();
+    let count_connections = limit.is_some();
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let permit = match &limit {
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    metrics.connection_rejected();
+                    tracing::debug!(%peer, "connection limit reached; closing");
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let _ = stream.set_nodelay(true);
+        let open = count_connections.then(|| metrics.connection_opened());
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+            drop(open);
+            drop(permit);
+        });
+    }
+    graceful
+}

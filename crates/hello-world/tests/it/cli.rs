@@ -1,0 +1,169 @@
+//! The binary's command line: bad configuration exits 64 with one line naming the flag and the
+//! variable; `healthcheck` exits 0 or 1 quickly.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{Process, free_port};
+
+fn hello_world() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hello-world"))
+}
+
+/// Arguments, environment, and the setting the error line must name.
+type BadConfig<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn bad_values_exit_64_naming_the_flag_and_the_variable() {
+    let cases: [BadConfig; 5] = [
+        (
+            &["--drain-delay", "soon"],
+            &[],
+            "--drain-delay / HELLO_DRAIN_DELAY",
+        ),
+        (
+            &[],
+            &[("HELLO_BODY_LIMIT", "lots")],
+            "--body-limit / HELLO_BODY_LIMIT",
+        ),
+        (&["serve", "--port", "99999"], &[], "--port / HELLO_PORT"),
+        (&[], &[("PORT", "web")], "PORT"),
+        (
+            &["--log-format", "xml"],
+            &[],
+            "--log-format / HELLO_LOG_FORMAT",
+        ),
+    ];
+    for (args, env, named) in cases {
+        let output = hello_world()
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{args:?} {env:?} should name {named}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn help_documents_every_setting() {
+    let output = hello_world()
+        .args(["serve", "--help"])
+        .output()
+        .expect("run");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for env in [
+        "HELLO_PORT",
+        "HELLO_ADMIN_PORT",
+        "HELLO_INSTANCE_NAME",
+        "HELLO_DRAIN_DELAY",
+        "HELLO_SHUTDOWN_TIMEOUT",
+        "HELLO_HEADER_TIMEOUT",
+        "HELLO_BODY_LIMIT",
+        "HELLO_LOG_FORMAT",
+        "HELLO_REDIS_URL",
+        "HELLO_ACCESS_LOG",
+    ] {
+        assert!(help.contains(env), "{env} missing from --help");
+    }
+}
+
+#[test]
+fn healthcheck_passes_against_a_serving_instance() {
+    let process = Process::serve(&[], &[]);
+    let status = hello_world()
+        .args(["healthcheck", "--port", &process.port.to_string()])
+        .status()
+        .expect("run healthcheck");
+    assert_eq!(status.code(), Some(0));
+    let status = hello_world()
+        .arg("healthcheck")
+        .env("HELLO_PORT", process.port.to_string())
+        .status()
+        .expect("run healthcheck");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the port comes from the same variable as serve's"
+    );
+}
+
+#[test]
+fn healthcheck_fails_fast_when_nothing_listens() {
+    let started = Instant::now();
+    let output = hello_world()
+        .args(["healthcheck", "--port", &free_port().to_string()])
+        .output()
+        .expect("run healthcheck");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
+}
+
+#[test]
+fn healthcheck_fails_within_its_timeout_when_the_server_hangs() {
+    // A listener that accepts and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let started = Instant::now();
+    let output = hello_world()
+        .args([
+            "healthcheck",
+            "--port",
+            &port.to_string(),
+            "--timeout",
+            "500ms",
+        ])
+        .output()
+        .expect("run healthcheck");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(listener);
+}
+
+#[test]
+fn json_logs_carry_method_route_status_latency_and_request_id() {
+    let mut process = Process::serve(&[], &[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(crate::helpers::send(
+        http::Method::GET,
+        &process.url("/status/418"),
+        &[("x-request-id", "log-me")],
+        bytes::Bytes::new(),
+    ));
+    process.signal("KILL");
+    let (_, logs) = process.wait_exit(Duration::from_secs(5));
+    let line = logs
+        .lines()
+        .find(|line| line.contains("log-me"))
+        .unwrap_or_else(|| panic!("no access log line:\n{logs}"));
+    let json: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(json["method"], "GET");
+    assert_eq!(json["route"], "/status/{code}");
+    assert_eq!(json["status"], 418);
+    assert!(json["latency_ms"].is_number());
+}
+
+#[test]
+fn access_log_off_still_logs_server_errors() {
+    let mut process = Process::serve(&["--access-log", "false"], &[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    for (path, id) in [("/status/200", "quiet"), ("/status/503", "loud")] {
+        runtime.block_on(crate::helpers::send(
+            http::Method::GET,
+            &process.url(path),
+            &[("x-request-id", id)],
+            bytes::Bytes::new(),
+        ));
+    }
+    process.signal("KILL");
+    let (_, logs) = process.wait_exit(Duration::from_secs(5));
+    assert!(!logs.contains("quiet"), "{logs}");
+    assert!(logs.contains("loud"), "{logs}");
+}

@@ -1,0 +1,229 @@
+//! What the listener does with hostile or broken clients, over raw sockets: nothing here can be
+//! seen through a well-behaved HTTP client.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+/// Writes `request` and reads until the server closes or `within` passes; returns what came.
+async fn exchange(addr: SocketAddr, request: &[u8], within: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write the request");
+    read_until_close(&mut stream, within).await
+}
+
+async fn read_until_close(stream: &mut TcpStream, within: Duration) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+fn status_of(response: &str) -> Option<u16> {
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let app = spawn_app_with(|config| config.header_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(app.public).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let response = read_until_close(&mut stream, Duration::from_secs(10)).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "connection still open after {waited:?}"
+    );
+    assert!(
+        status_of(&response).is_none_or(|status| status == 408),
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_client_is_cut_off() {
+    let app = spawn_app_with(|config| config.header_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(app.public).await.expect("connect");
+    let started = Instant::now();
+    read_until_close(&mut stream, Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "silent connection kept open"
+    );
+}
+
+#[tokio::test]
+async fn a_header_section_over_32_kib_is_refused_with_431() {
+    let app = spawn_app().await;
+    let big = "a".repeat(33 * 1024);
+    let request = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let response = exchange(app.public, request.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&response), Some(431), "{response}");
+}
+
+#[tokio::test]
+async fn more_than_100_headers_are_refused_with_431() {
+    let app = spawn_app().await;
+    let headers: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let request = format!("GET / HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+    let response = exchange(app.public, request.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&response), Some(431), "{response}");
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
+    let app = spawn_app_with(|config| config.body_limit = 1024).await;
+    let mut stream = TcpStream::connect(app.public).await.expect("connect");
+    let head = "POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    // No body byte is sent: the answer must come from the head alone.
+    let mut buffer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer))
+        .await
+        .expect("413 arrives without waiting for the body")
+        .expect("read");
+    let response = String::from_utf8_lossy(&buffer[..read]);
+    assert_eq!(status_of(&response), Some(413), "{response}");
+    assert!(response.contains("application/json"), "{response}");
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_grows_past_the_limit_is_refused() {
+    let app = spawn_app_with(|config| config.body_limit = 1024).await;
+    let chunk = "x".repeat(600);
+    let request = format!(
+        "POST /api/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let response = exchange(app.public, request.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&response), Some(413), "{response}");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400() {
+    let app = spawn_app().await;
+    let cases: [&[u8]; 4] = [
+        b"THIS IS NOT HTTP\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Name: v\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    ];
+    for request in cases {
+        let response = exchange(app.public, request, Duration::from_secs(5)).await;
+        assert_eq!(
+            status_of(&response),
+            Some(400),
+            "{:?} → {response}",
+            String::from_utf8_lossy(request)
+        );
+    }
+}
+
+#[tokio::test]
+async fn http_1_1_without_host_gets_400_json() {
+    let app = spawn_app().await;
+    let response = exchange(
+        app.public,
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_of(&response), Some(400), "{response}");
+    assert!(response.contains("Host"), "{response}");
+    let http10 = exchange(
+        app.public,
+        b"GET / HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        status_of(&http10),
+        Some(200),
+        "HTTP/1.0 needs no Host: {http10}"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let app = spawn_app_with(|config| config.max_connections = 2).await;
+    wait_for_open_connections(&app, 0).await;
+    let _first = TcpStream::connect(app.public).await.expect("connect");
+    let _second = TcpStream::connect(app.public).await.expect("connect");
+    // Wait (bounded) until the server holds exactly these two, then send the third.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !app
+        .admin(http::Method::GET, "/metrics", "")
+        .await
+        .text()
+        .contains("http_connections_open 2")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the two connections were never both open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut third = TcpStream::connect(app.public)
+        .await
+        .expect("the kernel accepts the socket");
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let response = read_until_close(&mut third, Duration::from_secs(3)).await;
+    assert!(
+        response.is_empty(),
+        "the third connection was served: {response}"
+    );
+    let metrics = app.admin(http::Method::GET, "/metrics", "").await.text();
+    assert!(
+        metrics.contains("http_connections_rejected_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_serves_many_requests_on_one_connection() {
+    let app = spawn_app().await;
+    let mut stream = TcpStream::connect(app.public).await.expect("connect");
+    for _ in 0..3 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buffer = [0u8; 1024];
+        let read = stream.read(&mut buffer).await.expect("read");
+        let response = String::from_utf8_lossy(&buffer[..read]);
+        assert!(response.ends_with("Hello World!"), "{response}");
+    }
+}
+
+/// Waits (bounded) until the server holds exactly `count` public connections.
+async fn wait_for_open_connections(app: &crate::helpers::TestApp, count: u32) {
+    let expected = format!("http_connections_open {count}\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !app
+        .admin(http::Method::GET, "/metrics", "")
+        .await
+        .text()
+        .contains(&expected)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never exactly {count} open connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
