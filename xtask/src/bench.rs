@@ -20,6 +20,7 @@ mod profile;
 mod redis;
 mod report;
 mod servers;
+mod stack;
 
 use std::{fs, thread, time::Duration};
 
@@ -184,7 +185,7 @@ pub(crate) struct Results {
     pub(crate) echo: Vec<Result<EchoRow, String>>,
     pub(crate) echo_line: String,
     pub(crate) counter: Option<Result<redis::CounterResult, String>>,
-    pub(crate) stack: Option<String>,
+    pub(crate) stack: Option<Result<stack::StackResult, String>>,
     pub(crate) profile: Option<Result<String, String>>,
     pub(crate) notes: Vec<String>,
 }
@@ -277,7 +278,23 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         results.counter = Some(redis::counter(&plan, ours, &logs).map_err(|e| format!("{e:#}")));
     }
     if only.section("stack") {
-        results.stack = Some(stack_status());
+        results.stack = Some(
+            match (
+                stack::unavailable(),
+                specs.iter().find(|s| s.name == "ours-musl"),
+            ) {
+                (Some(why), _) => Err(why),
+                (None, _) if quick => {
+                    Err("not run with --quick (bringing the stack up takes minutes)".into())
+                }
+                (None, None) => {
+                    Err("not run: ours-musl (the direct baseline) is excluded by --only".into())
+                }
+                (None, Some(direct)) => {
+                    stack::run(&plan, direct, &logs).map_err(|e| format!("failed: {e:#}"))
+                }
+            },
+        );
     }
     if let (Some(bin), Some(ours)) = (profile_bin, ours_glibc) {
         let mut spec = ours.clone();
@@ -456,7 +473,7 @@ fn idle_connections(plan: &Plan, specs: &[Spec], logs: &std::path::Path, results
 
 fn echo(plan: &Plan, ours: &Spec, logs: &std::path::Path, results: &mut Results) {
     // Bodies up to 1 MiB must be accepted: the limit is raised above the largest size.
-    let spec = ours.with_args(&["--body-limit", "2097152"]);
+    let spec = ours.with_args(&["--body-limit", "2MiB"]);
     let log = logs.join("ours-echo.log");
     let server = match servers::start_timed(&spec, &log) {
         Ok((_, s)) => s,
@@ -486,17 +503,6 @@ fn echo(plan: &Plan, ours: &Spec, logs: &std::path::Path, results: &mut Results)
         );
     }
     let _ = server.stop();
-}
-
-/// The Swarm stack run needs `cargo xtask stack up`; until it exists the section says so.
-fn stack_status() -> String {
-    let main_rs =
-        fs::read_to_string(crate::project_root().join("xtask/src/main.rs")).unwrap_or_default();
-    if main_rs.contains("\"stack\"") {
-        "not run: `cargo xtask stack` exists but the bench does not drive it yet".into()
-    } else {
-        "not run: this tree has no `cargo xtask stack up` yet, so there is no HAProxy stack to measure through".into()
-    }
 }
 
 /// `hello-world:dev`'s size if the image was built on this machine.

@@ -566,11 +566,40 @@ fn growth(w: &mut String, r: &Results) {
         w,
         "\n### Through the Swarm stack's HAProxy: 1 / 3 / 5 replicas vs direct\n"
     );
-    let _ = writeln!(
-        w,
-        "{}",
-        r.stack.as_deref().unwrap_or("Not run in this mode.")
-    );
+    match &r.stack {
+        None => {
+            let _ = writeln!(w, "Not run in this mode.");
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(w, "{e}");
+        }
+        Some(Ok(st)) => {
+            let direct = st.runs.iter().find(|(n, _)| *n == 0).map(|(_, o)| o.rps());
+            let _ = writeln!(
+                w,
+                "![stack](stack.png)\n\nThe stack's containers are not pinned (Swarm services cannot set a cpuset): HAProxy and the \
+                 replicas share both cores with wrk, so this measures the balancer's cost on this machine, not a scale-out gain \
+                 (every replica runs on the same 2 cores).\n\n```\n{}\n{}\n```\n\n| path | req/s | p50 ms | p99 ms | errors | req/s ÷ direct |\n|---|---:|---:|---:|---:|---:|",
+                st.direct_line, st.wrk_line
+            );
+            for (n, o) in &st.runs {
+                let name = if *n == 0 {
+                    "direct (ours-musl on loopback)".to_owned()
+                } else {
+                    format!("HAProxy → {n} replica(s)")
+                };
+                let _ = writeln!(
+                    w,
+                    "| {name} | {} | {} | {} | {} | {} |",
+                    num(o.rps(), 0),
+                    ms(o.p50_us),
+                    ms(o.p99_us),
+                    o.errors,
+                    num(direct.map_or(f64::NAN, |d| ratio(o.rps(), d)), 2)
+                );
+            }
+        }
+    }
 
     let _ = writeln!(
         w,
@@ -775,6 +804,35 @@ pub(crate) fn charts(r: &Results, dir: &Path) -> Result<()> {
                     y_label: "MiB".into(),
                     log_x: true,
                     series: pts(&|x| x.measured.max_rss_kib as f64 / 1024.0),
+                },
+            ],
+        )?;
+    }
+    if let Some(Ok(st)) = &r.stack {
+        let name = |n: u32| {
+            if n == 0 {
+                "direct".to_owned()
+            } else {
+                format!("LB → {n}")
+            }
+        };
+        chart::draw(
+            &dir.join("stack.png"),
+            "GET / through the Swarm stack's HAProxy vs direct",
+            &[
+                Panel::Bars {
+                    title: "requests per second".into(),
+                    y_label: "req/s".into(),
+                    items: st.runs.iter().map(|(n, o)| (name(*n), o.rps())).collect(),
+                },
+                Panel::Bars {
+                    title: "p99 latency".into(),
+                    y_label: "ms".into(),
+                    items: st
+                        .runs
+                        .iter()
+                        .map(|(n, o)| (name(*n), o.p99_us / 1e3))
+                        .collect(),
                 },
             ],
         )?;

@@ -129,19 +129,49 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
     let target = target_dir();
 
     // Ours: the glibc release build a developer runs, and the musl build that goes into the image.
+    // The target directory may be shared with other checkouts, whose builds replace
+    // `release/hello-world`; so the build is stamped with this tree's commit, copied out at once,
+    // and the copy's `/version` is checked before anything is measured.
     sh.change_dir(&root);
-    cmd!(sh, "cargo build --release --locked -p hello-world").run()?;
-    cmd!(
-        sh,
-        "cargo build --release --locked -p hello-world --target {MUSL_TARGET}"
-    )
-    .run()?;
-    log.push("cargo build --release --locked -p hello-world".into());
+    let commit = tree_commit(sh);
+    let _stamp = sh.push_env("HELLO_BUILD_COMMIT", &commit);
+    let bin_dir = work.join("bin");
+    fs::create_dir_all(&bin_dir)?;
+    let glibc = bin_dir.join("hello-world-glibc");
+    let musl = bin_dir.join("hello-world-musl");
+    for attempt in 1..=2 {
+        cmd!(sh, "cargo build --release --locked -p hello-world").run()?;
+        fs::copy(target.join("release/hello-world"), &glibc)?;
+        cmd!(
+            sh,
+            "cargo build --release --locked -p hello-world --target {MUSL_TARGET}"
+        )
+        .run()?;
+        fs::copy(target.join(MUSL_TARGET).join("release/hello-world"), &musl)?;
+        let stamped = [&glibc, &musl]
+            .iter()
+            .all(|bin| reports_commit(bin, &commit, &work));
+        if stamped {
+            break;
+        }
+        if attempt == 2 {
+            bail!(
+                "the built binaries do not report commit {commit}: another checkout keeps rebuilding into {}",
+                target.display()
+            );
+        }
+    }
     log.push(format!(
-        "cargo build --release --locked -p hello-world --target {MUSL_TARGET}"
+        "HELLO_BUILD_COMMIT={commit} cargo build --release --locked -p hello-world"
     ));
-    let glibc = target.join("release/hello-world");
-    let musl = target.join(MUSL_TARGET).join("release/hello-world");
+    log.push(format!(
+        "HELLO_BUILD_COMMIT={commit} cargo build --release --locked -p hello-world --target {MUSL_TARGET}"
+    ));
+    log.push(format!(
+        "(copied to {} and {}; both answer /version with commit {commit})",
+        display_path(&glibc),
+        display_path(&musl)
+    ));
 
     // Go: one file, standard library only, so no module download.
     let go_src = root.join("bench/reference/go/main.go");
@@ -198,6 +228,8 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
         program: bin.to_owned(),
         args: vec![
             "serve".into(),
+            "--host".into(),
+            "127.0.0.1".into(),
             "--port".into(),
             port.to_string(),
             "--admin-port".into(),
@@ -295,6 +327,58 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
             ),
         },
     ])
+}
+
+/// This tree's commit, with `-dirty` when the service's sources differ from it.
+fn tree_commit(sh: &Shell) -> String {
+    let head = cmd!(sh, "git rev-parse --short=12 HEAD")
+        .read()
+        .unwrap_or_else(|_| "unknown".into());
+    let dirty = cmd!(sh, "git status --porcelain -- crates Cargo.toml Cargo.lock")
+        .read()
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(false);
+    if dirty { format!("{head}-dirty") } else { head }
+}
+
+/// Starts `bin` on a scratch port and checks that `GET /version` names `commit`.
+fn reports_commit(bin: &Path, commit: &str, work: &Path) -> bool {
+    const PORT: u16 = 18099;
+    let spec = Spec {
+        name: "version-check",
+        kind: Kind::Ours,
+        program: bin.to_owned(),
+        args: [
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "18099",
+            "--admin-port",
+            "19099",
+        ]
+        .map(String::from)
+        .to_vec(),
+        env: vec![],
+        cwd: None,
+        port: PORT,
+        binary: None,
+        note: String::new(),
+    };
+    let Ok((_, server)) = start_timed(&spec, &work.join("version-check.log")) else {
+        return false;
+    };
+    let body = (|| {
+        let mut s = TcpStream::connect(("127.0.0.1", PORT)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        Some(text)
+    })();
+    let _ = server.stop();
+    body.is_some_and(|b| b.contains(&format!("\"commit\":\"{commit}\"")))
 }
 
 /// A started server; stopping it kills its whole process tree.
