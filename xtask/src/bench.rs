@@ -121,6 +121,10 @@ pub(crate) struct PeerRun {
     pub(crate) measured: Measured,
     pub(crate) idle_rss_kib: u64,
     pub(crate) idle_pss_kib: u64,
+    /// The idle RSS split: anonymous memory (heap, stacks) vs file pages (the mapped binary and
+    /// libraries), which says whether memory or code size bounds it.
+    pub(crate) idle_anon_kib: u64,
+    pub(crate) idle_file_kib: u64,
     pub(crate) hwm_kib: u64,
 }
 
@@ -186,7 +190,7 @@ pub(crate) struct Results {
     pub(crate) echo_line: String,
     pub(crate) counter: Option<Result<redis::CounterResult, String>>,
     pub(crate) stack: Option<Result<stack::StackResult, String>>,
-    pub(crate) profile: Option<Result<String, String>>,
+    pub(crate) profile: Option<Vec<(String, Result<String, String>)>>,
     pub(crate) notes: Vec<String>,
 }
 
@@ -239,7 +243,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             specs.iter().map(|s| s.name).collect::<Vec<_>>()
         );
     }
-    let profile_bin = if only.section("profile") && only.server("ours-glibc") && !quick {
+    let profile_bin = if only.section("profile") && !quick {
         Some(profile::build_binary(&sh, &mut results.setup)?)
     } else {
         None
@@ -299,7 +303,17 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if let (Some(bin), Some(ours)) = (profile_bin, ours_glibc) {
         let mut spec = ours.clone();
         spec.program = bin;
-        results.profile = Some(profile::run(&plan, &spec, &logs).map_err(|e| format!("{e:#}")));
+        let mut profiles = vec![(spec.name, profile::run(&plan, &spec, &logs))];
+        // nginx under the same load: the same kernel path, so the difference is user space.
+        if let Some(nginx) = specs.iter().find(|s| s.name == "nginx") {
+            profiles.push((nginx.name, profile::run(&plan, nginx, &logs)));
+        }
+        results.profile = Some(
+            profiles
+                .into_iter()
+                .map(|(name, p)| (name.to_owned(), p.map_err(|e| format!("{e:#}"))))
+                .collect(),
+        );
     }
     results.finished = utc_now();
     results.loadavg_after = procfs::loadavg();
@@ -376,6 +390,8 @@ fn peer_round(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<(Vec<f
         thread::sleep(Duration::from_millis(500));
         let idle_rss_kib = procfs::status_kib(&server.pids(), "VmRSS:");
         let idle_pss_kib = procfs::pss_kib(&server.pids());
+        let idle_anon_kib = procfs::status_kib(&server.pids(), "RssAnon:");
+        let idle_file_kib = procfs::status_kib(&server.pids(), "RssFile:");
         load::run(&Wrk::get(spec.url("/"), plan.connections, plan.warmup_s))?;
         let measured = load::measure(
             &server,
@@ -386,6 +402,8 @@ fn peer_round(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<(Vec<f
             measured,
             idle_rss_kib,
             idle_pss_kib,
+            idle_anon_kib,
+            idle_file_kib,
             hwm_kib,
         })
     })();

@@ -34,15 +34,15 @@ pub(crate) fn build_binary(sh: &Shell, log: &mut Vec<String>) -> Result<PathBuf>
     Ok(dir.join("release/hello-world"))
 }
 
-/// Samples ours under wrk; returns the command lines and `perf report`'s flat profile.
+/// Samples a server under the `GET /` load; returns the command lines, the CPU cost per request
+/// measured meanwhile, and `perf report`'s flat profile (by binary, and by symbol).
 pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<String> {
-    let data = servers::work_dir().join("perf.data");
-    let (_, server) = servers::start_timed(spec, &logs.join("ours-profile.log"))?;
+    let data = servers::work_dir().join(format!("perf-{}.data", spec.name));
+    let (_, server) = servers::start_timed(spec, &logs.join(format!("{}-profile.log", spec.name)))?;
     let result = (|| {
         load::run(&Wrk::get(spec.url("/"), plan.connections, plan.warmup_s))?;
         let seconds = plan.run_s.max(4);
-        let sample_s = seconds - 2;
-        let pid = server.pid().to_string();
+        let pids: Vec<String> = server.pids().iter().map(u32::to_string).collect();
         let perf_args = [
             "record".to_owned(),
             "-e".into(),
@@ -50,30 +50,33 @@ pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<St
             "-F".into(),
             "2999".into(),
             "-p".into(),
-            pid,
+            pids.join(","),
             "-o".into(),
             data.display().to_string(),
             "--".into(),
             "sleep".into(),
-            sample_s.to_string(),
+            (seconds - 2).to_string(),
         ];
+        let perf_cmd = perf_args.clone();
+        let perf = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(800));
+            Command::new("perf")
+                .args(&perf_cmd)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        });
         let wrk = Wrk::get(spec.url("/"), plan.connections, seconds);
-        let wrk_line = wrk.command_line();
-        let load_thread = thread::spawn(move || load::run(&wrk));
-        thread::sleep(Duration::from_millis(800));
-        let status = Command::new("perf")
-            .args(&perf_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running perf (apt-get install linux-perf)")?;
-        let load = load_thread
+        let measured = load::measure(&server, &wrk)?;
+        let status = perf
             .join()
-            .map_err(|_| anyhow::anyhow!("the wrk thread panicked"))??;
+            .map_err(|_| anyhow::anyhow!("the perf thread panicked"))?
+            .context("running perf (apt-get install linux-perf)")?;
         if !status.success() {
             bail!("perf record failed ({status})");
         }
-        let report = |sort: &str, limit: &str| -> Result<String> {
+        let cpu_us = measured.cpu_us_per_request();
+        let report = |sort: &str, limit: &str| -> Result<Vec<(f64, String)>> {
             let out = Command::new("perf")
                 .args(["report", "-i"])
                 .arg(&data)
@@ -89,17 +92,35 @@ pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<St
                 .output()?;
             Ok(String::from_utf8_lossy(&out.stdout)
                 .lines()
-                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                .collect::<Vec<_>>()
-                .join("\n"))
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let l = l.trim();
+                    let (pct, rest) = l.split_once('%')?;
+                    let words: Vec<&str> = rest.split_whitespace().filter(|w| *w != "-").collect();
+                    Some((pct.trim().parse().ok()?, words.join(" ")))
+                })
+                .collect())
         };
-        let by_dso = report("dso", "0.5")?;
-        let by_symbol = report("dso,symbol", "0.7")?;
+        let table = |rows: Vec<(f64, String)>| {
+            let mut t = String::from("| share | µs/request | where |\n|---:|---:|---|\n");
+            for (pct, what) in rows {
+                t.push_str(&format!(
+                    "| {pct:.1} % | {:.2} | `{}` |\n",
+                    pct / 100.0 * cpu_us,
+                    what.replace('|', "\\|")
+                ));
+            }
+            t
+        };
+        let by_dso = table(report("dso", "0.5")?);
+        let by_symbol = table(report("dso,symbol", "0.7")?);
         Ok(format!(
-            "server: `{}`\n\nload: `{wrk_line}` ({:.0} req/s while sampled)\n\nprofile: `perf record {}` then \
-             `perf report --stdio --no-children --sort dso,symbol`\n\nBy binary/library:\n```\n{by_dso}\n```\n\nBy symbol (self time, ≥ 0.7 %):\n```\n{by_symbol}\n```\n",
+            "server: `{}`\n\nload: `{}` — {:.0} req/s, **{cpu_us:.2} µs CPU per request** while sampled\n\n\
+             profile: `perf {}`, then `perf report --stdio --no-children --sort dso` and `--sort dso,symbol` \
+             (µs/request = share × the CPU per request above)\n\nBy binary or library:\n\n{by_dso}\nBy symbol (self time, ≥ 0.7 %):\n\n{by_symbol}",
             spec.command_line(),
-            load.rps(),
+            wrk.command_line(),
+            measured.wrk.rps(),
             perf_args
                 .join(" ")
                 .replace(&servers::work_dir().display().to_string(), "target/bench"),

@@ -22,6 +22,8 @@ struct Row {
     cpu_us: f64,
     idle_rss_kib: f64,
     idle_pss_kib: f64,
+    idle_anon_kib: f64,
+    idle_file_kib: f64,
     peak_rss_kib: f64,
     startup_ms: f64,
     binary: Option<u64>,
@@ -45,6 +47,8 @@ fn rows(peers: &[PeerRow]) -> Vec<Row> {
                 cpu_us: m(&|r| r.measured.cpu_us_per_request()),
                 idle_rss_kib: m(&|r| r.idle_rss_kib as f64),
                 idle_pss_kib: m(&|r| r.idle_pss_kib as f64),
+                idle_anon_kib: m(&|r| r.idle_anon_kib as f64),
+                idle_file_kib: m(&|r| r.idle_file_kib as f64),
                 peak_rss_kib: m(&|r| r.hwm_kib as f64),
                 startup_ms: median(p.startup_ms.clone()),
                 binary: p.spec.binary.as_deref().and_then(super::procfs::file_size),
@@ -220,6 +224,21 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
         );
     }
 
+    // What idle memory is made of: heap and stacks, or pages of the mapped binary and libraries.
+    let _ = writeln!(
+        w,
+        "\nIdle RSS by kind (`RssAnon` / `RssFile` of `/proc/PID/status`, summed over the tree):\n\n| server | anonymous MiB | file-backed MiB |\n|---|---:|---:|"
+    );
+    for x in &rows {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} |",
+            x.name,
+            mib(x.idle_anon_kib),
+            mib(x.idle_file_kib)
+        );
+    }
+
     // Ratios.
     let nginx = find("nginx");
     let flask = find("flask-dev");
@@ -246,13 +265,20 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
     targets(w, r, &rows);
     growth(w, r);
 
-    let _ = writeln!(w, "\n## Profile of ours under the GET / load\n");
+    let _ = writeln!(w, "\n## Profile under the GET / load\n");
     match &r.profile {
-        Some(Ok(text)) => {
-            let _ = writeln!(w, "{text}");
-        }
-        Some(Err(e)) => {
-            let _ = writeln!(w, "Not available: {e}");
+        Some(profiles) => {
+            for (name, p) in profiles {
+                let _ = writeln!(w, "### {name}\n");
+                match p {
+                    Ok(text) => {
+                        let _ = writeln!(w, "{text}");
+                    }
+                    Err(e) => {
+                        let _ = writeln!(w, "Not available: {e}\n");
+                    }
+                }
+            }
         }
         None => {
             let _ = writeln!(
