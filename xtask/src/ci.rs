@@ -9,5 +9,9 @@ pub(crate) fn run(_args: &[String]) -> Result<()> {
     cmd!(sh, "cargo fmt --all -- --check").run()?;
     cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
     cmd!(sh, "cargo nextest run --workspace --no-fail-fast").run()?;
+    // Offline checks of the Kubernetes manifests, the Dockerfile (hadolint) and the GKE script.
+    crate::manifests::run(&[])?;
+    // The image, the Swarm stack and the proofs on it.
+    crate::e2e::run(&[])?;
     Ok(())
 }

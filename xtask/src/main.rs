@@ -3,6 +3,10 @@
 //! | command | what it does |
 //! |---|---|
 //! | `cargo xtask ci` | every check and test: fmt, clippy, unit + integration tests, then the rest below |
+//! | `cargo xtask manifests` | render, validate and policy-scan the Kubernetes manifests; lint the Dockerfile and the GKE script |
+//! | `cargo xtask image` | the `FROM scratch` service image and the HAProxy/Redis base images |
+//! | `cargo xtask stack up\|down` | the Docker Swarm stack: 3 replicas behind HAProxy, with Redis |
+//! | `cargo xtask e2e` | the end-to-end proofs on Swarm; writes `e2e/RESULTS.md` |
 //! | `cargo xtask bench [--quick] [--only NAME]` | ours vs Flask, gunicorn, Go and nginx; writes `bench/RESULTS.md` and charts |
 //!
 //! Each command lives in its own module; this file only dispatches.
@@ -11,11 +15,19 @@ use std::process::ExitCode;
 
 mod bench;
 mod ci;
+mod e2e;
+mod image;
+mod manifests;
+mod stack;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci        run every check and test (the README's test command)
+  manifests check the Kubernetes manifests, the Dockerfile and the GKE script offline
+  image     build the container images (service, HAProxy, Redis)
+  stack     up | down [--volumes]: run the Swarm stack on this machine
+  e2e       prove balancing, failover, updates, scaling and consistency on Swarm
   bench     measure ours against the references; writes bench/RESULTS.md [--quick] [--only NAME]
 ";
 
@@ -27,6 +39,10 @@ fn main() -> ExitCode {
     };
     let result = match command.as_str() {
         "ci" => ci::run(rest),
+        "manifests" => manifests::run(rest),
+        "image" => image::run(rest),
+        "stack" => stack::run(rest),
+        "e2e" => e2e::run(rest),
         "bench" => bench::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

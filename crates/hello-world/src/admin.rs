@@ -36,6 +36,7 @@ pub fn admin_app(state: AppState) -> Router {
         .route("/faults", get(faults).put(set_faults).delete(clear_faults))
         .route("/exit", post(exit))
         .fallback(|| async { ApiError::not_found("no admin route for this path") })
+        .layer(axum::middleware::map_response(crate::observe::json_errors))
         .with_state(state)
 }
 

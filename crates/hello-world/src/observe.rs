@@ -9,84 +9,156 @@
 //! 6. `x-served-by`, `x-version`, `x-request-id` on the answer; metrics by route template;
 //!    the access log line.
 //!
-//! The route template comes from an inner `route_layer` ([`tag_route`]) that copies axum's
-//! `MatchedPath` into the response, so unmatched paths are labelled `unmatched` instead of
-//! minting a label per path.
+//! Metrics and logs name the route template (axum's `MatchedPath`), never the raw path;
+//! unmatched paths share the label `unmatched`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::{MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
+use tower::{Layer, Service};
 
 use crate::api::{self, AppState};
 use crate::error::ApiError;
+use crate::metrics::InFlight;
 
 pub static X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
 pub static X_VERSION: HeaderName = HeaderName::from_static("x-version");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The public application: routes, fallback and middleware, ready to serve.
+///
+/// `Router::layer` wraps every endpoint (each route and the fallback) after routing, so
+/// [`Observe`] sees axum's `MatchedPath` in the request: the route template, or none for the
+/// fallback (labelled `unmatched`, so unknown paths cannot mint labels).
 pub fn public_app(state: AppState) -> Router {
     api::router()
-        .route_layer(middleware::from_fn(tag_route))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(ObserveLayer {
+            state: state.clone(),
+        })
         .with_state(state)
-}
-
-/// The route template that answered, carried from [`tag_route`] to [`observe`].
-#[derive(Debug, Clone)]
-struct RouteTemplate(Arc<str>);
-
-async fn tag_route(matched: MatchedPath, request: Request, next: Next) -> Response {
-    let route = RouteTemplate(Arc::from(matched.as_str()));
-    let mut response = next.run(request).await;
-    response.extensions_mut().insert(route);
-    response
 }
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::not_found("no route for this path").with("path", request.uri().path())
 }
 
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let _in_flight = state.metrics.in_flight();
-    let method = method_label(request.method());
-    let request_id = request_id(request.headers());
-    let uri = request.uri().clone();
-    let is_probe = matches!(uri.path(), "/healthz" | "/readyz");
+/// Wraps an endpoint in [`Observe`].
+#[derive(Debug, Clone)]
+struct ObserveLayer {
+    state: AppState,
+}
 
-    let response = match refuse_early(&request, state.config.body_limit) {
-        Some(refusal) => refusal.into_response(),
-        None => match state.faults.roll(is_probe).await {
-            Some(injected) => injected.into_response(),
-            None => {
-                match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
-                    Ok(response) => response,
-                    Err(_) => ApiError::unavailable("request timed out")
-                        .with(
-                            "timeout_ms",
-                            state.config.request_timeout.as_millis() as u64,
-                        )
-                        .into_response(),
-                }
-            }
-        },
-    };
-    let mut response = json_errors(response).await;
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
 
-    let route = response
-        .extensions()
-        .get::<RouteTemplate>()
-        .map(|route| route.0.clone())
-        .unwrap_or_else(unmatched);
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The middleware itself. Hand-written rather than `middleware::from_fn`: this runs on every
+/// request, and a plain service costs one allocation (the boxed future) where `from_fn` costs
+/// several (benchmarks in `bench/`).
+#[derive(Debug, Clone)]
+struct Observe<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let seen = Seen {
+            started: Instant::now(),
+            in_flight: self.state.metrics.in_flight(),
+            method: method_label(request.method()),
+            route: route_label(request.extensions().get::<MatchedPath>()),
+            request_id: request_id(request.headers()),
+            uri: request.uri().clone(),
+        };
+        let refusal = refuse_early(&request, self.state.config.body_limit);
+        // Routes' futures own what they need; creating one does not run it, so a refused
+        // request is dropped unrun.
+        let route = self.inner.call(request);
+        let state = self.state.clone();
+        Box::pin(async move {
+            let response = match refusal {
+                Some(refusal) => refusal.into_response(),
+                None => answer(&state, &seen, route).await,
+            };
+            Ok(finish(&state, seen, json_errors(response).await))
+        })
+    }
+}
+
+/// What [`Observe`] keeps of a request for its answer and its log line.
+struct Seen {
+    started: Instant,
+    in_flight: InFlight,
+    method: &'static Arc<str>,
+    route: Arc<str>,
+    request_id: HeaderValue,
+    uri: Uri,
+}
+
+/// Runs the route under the fault switches and the request timeout.
+async fn answer(
+    state: &AppState,
+    seen: &Seen,
+    route: impl Future<Output = Result<Response, Infallible>>,
+) -> Response {
+    let is_probe = matches!(seen.uri.path(), "/healthz" | "/readyz");
+    if let Some(injected) = state.faults.roll(is_probe).await {
+        return injected.into_response();
+    }
+    match tokio::time::timeout(state.config.request_timeout, route).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(_) => ApiError::unavailable("request timed out")
+            .with(
+                "timeout_ms",
+                state.config.request_timeout.as_millis() as u64,
+            )
+            .into_response(),
+    }
+}
+
+/// Stamps the answer, records it, logs it.
+fn finish(state: &AppState, seen: Seen, mut response: Response) -> Response {
+    let Seen {
+        started,
+        in_flight,
+        method,
+        route,
+        request_id,
+        uri,
+    } = seen;
     let headers = response.headers_mut();
     headers.insert(X_SERVED_BY.clone(), state.served_by.clone());
     headers.insert(X_VERSION.clone(), HeaderValue::from_static(crate::VERSION));
@@ -97,6 +169,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     state
         .metrics
         .record_request(method, &route, status.as_u16(), elapsed);
+    drop(in_flight);
     let slow = elapsed >= state.config.slow_request;
     if state.config.access_log || status.is_server_error() || slow {
         let latency_ms = elapsed.as_micros() as f64 / 1000.0;
@@ -125,6 +198,28 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         }
     }
     response
+}
+
+/// The route template as a metric label, interned: templates are few and fixed, so each is
+/// allocated once and shared by every request that matches it.
+fn route_label(matched: Option<&MatchedPath>) -> Arc<str> {
+    static ROUTES: LazyLock<RwLock<HashMap<Box<str>, Arc<str>>>> = LazyLock::new(Default::default);
+    let Some(template) = matched.map(MatchedPath::as_str) else {
+        return unmatched();
+    };
+    if let Some(label) = ROUTES
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(template)
+    {
+        return label.clone();
+    }
+    ROUTES
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .entry(template.into())
+        .or_insert_with(|| Arc::from(template))
+        .clone()
 }
 
 fn unmatched() -> Arc<str> {
@@ -191,7 +286,7 @@ fn refuse_early(request: &Request, body_limit: usize) -> Option<ApiError> {
 
 /// Gives error answers that are not JSON yet (axum's 405 and extractor rejections) a JSON body,
 /// keeping their status and headers such as `Allow`.
-async fn json_errors(response: Response) -> Response {
+pub(crate) async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()

@@ -2,6 +2,7 @@
 //! for HTML; a browser gets the web page, which shows the same greeting.
 
 use axum::Router;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, HeaderValue, header};
@@ -14,7 +15,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/", get(hello))
 }
 
-async fn hello(headers: HeaderMap) -> Response {
+async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let vary = (header::VARY, HeaderValue::from_static("accept"));
     if prefers_html(headers.get(header::ACCEPT)) {
         (
@@ -30,7 +31,12 @@ async fn hello(headers: HeaderMap) -> Response {
                 (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
                 vary,
             ],
-            crate::web::INDEX_HTML,
+            // Rendered with this replica's name: the page cannot read its own headers.
+            crate::web::render_index(
+                &state.config.instance_name,
+                crate::VERSION,
+                state.started.elapsed().as_secs(),
+            ),
         )
             .into_response()
     } else {

@@ -5,6 +5,8 @@
 //! | `GET /` (text, or the web page for browsers) | [`hello`] |
 //! | `GET /healthz`, `GET /readyz` | [`probes`] |
 //! | `GET /api/info`, `GET /version` | [`info`] |
+//! | `GET /api/counter`, `POST /api/counter/increment` | [`counter`] |
+//! | `GET/PUT/DELETE /api/kv/{key}` | [`kv`] |
 //! | `GET /status/{code}`, `GET /delay/{duration}`, `GET /headers`, `POST /api/echo` | [`diagnostics`] |
 //!
 //! Routes answer errors with [`ApiError`]; [`crate::observe`] wraps them all.
@@ -25,9 +27,11 @@ use crate::metrics::Metrics;
 use crate::observe::Faults;
 use crate::store::Store;
 
+pub mod counter;
 pub mod diagnostics;
 pub mod hello;
 pub mod info;
+pub mod kv;
 pub mod probes;
 
 /// What every handler can reach. Cloning is one reference count.
@@ -78,6 +82,8 @@ pub fn router() -> Router<AppState> {
         .merge(probes::router())
         .merge(info::router())
         .merge(diagnostics::router())
+        .merge(counter::router())
+        .merge(kv::router())
 }
 
 /// Reads a whole body, refusing more than `limit` bytes with 413.

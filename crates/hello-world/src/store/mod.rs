@@ -17,6 +17,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 pub mod memory;
+pub mod metered;
+pub mod redis;
 
 /// A store-wide, strictly increasing version number; the kv ETag.
 pub type Version = u64;
@@ -29,6 +31,15 @@ pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 pub struct Entry {
     pub value: Bytes,
     pub version: Version,
+}
+
+/// The outcome of a successful `put`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The version the value was written with: the new ETag.
+    pub version: Version,
+    /// True when the key was absent before (HTTP 201), false when a value was replaced (200).
+    pub created: bool,
 }
 
 /// The precondition of a write, from `If-Match` / `If-None-Match`.
@@ -74,13 +85,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The value and version of `key`, or None.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Entry>, StoreError>>;
 
-    /// Writes `value` if `condition` holds; returns the new version.
+    /// Writes `value` if `condition` holds; returns the new version and whether it created the key.
     fn put<'a>(
         &'a self,
         key: &'a str,
         value: Bytes,
         condition: Condition,
-    ) -> BoxFuture<'a, Result<Version, StoreError>>;
+    ) -> BoxFuture<'a, Result<Written, StoreError>>;
 
     /// Deletes `key` if `condition` holds; Ok(false) when it was already absent
     /// (and the condition allows absence).
@@ -106,101 +117,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// Opens the store the configuration names: Redis when a URL is given, else in memory.
-/// Every call through the returned store is counted in [`Metrics`].
+/// Every call through the returned store is counted in [`Metrics`](crate::metrics::Metrics).
+///
+/// Never waits for Redis: a server whose Redis is down at start starts anyway and reports
+/// not-ready until the store answers.
 pub async fn open(
     config: &crate::config::Config,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     let inner: std::sync::Arc<dyn Store> = match &config.redis_url {
         None => std::sync::Arc::new(memory::MemoryStore::new()),
-        Some(_) => {
-            anyhow::bail!("--redis-url / HELLO_REDIS_URL: Redis support is not built in yet")
+        Some(url) => {
+            let store = redis::RedisStore::connect(url, config.store_timeout)
+                .map_err(|err| anyhow::anyhow!("--redis-url / HELLO_REDIS_URL: {err}"))?;
+            tracing::info!(address = store.address(), timeout = ?config.store_timeout, "store: redis");
+            std::sync::Arc::new(store)
         }
     };
-    Ok(std::sync::Arc::new(Metered { inner, metrics }))
-}
-
-/// Counts every call and every failure by operation; a precondition failure is an answer,
-/// not a store failure.
-#[derive(Debug)]
-struct Metered {
-    inner: std::sync::Arc<dyn Store>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-}
-
-impl Metered {
-    fn record<T>(&self, operation: &'static str, result: &Result<T, StoreError>) {
-        let failed = matches!(
-            result,
-            Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
-        );
-        self.metrics.record_store_operation(operation, failed);
-    }
-}
-
-impl Store for Metered {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Entry>, StoreError>> {
-        Box::pin(async move {
-            let result = self.inner.get(key).await;
-            self.record("get", &result);
-            result
-        })
-    }
-
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        value: Bytes,
-        condition: Condition,
-    ) -> BoxFuture<'a, Result<Version, StoreError>> {
-        Box::pin(async move {
-            let result = self.inner.put(key, value, condition).await;
-            self.record("put", &result);
-            result
-        })
-    }
-
-    fn delete<'a>(
-        &'a self,
-        key: &'a str,
-        condition: Condition,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move {
-            let result = self.inner.delete(key, condition).await;
-            self.record("delete", &result);
-            result
-        })
-    }
-
-    fn counter<'a>(&'a self, counter: &'a str) -> BoxFuture<'a, Result<i64, StoreError>> {
-        Box::pin(async move {
-            let result = self.inner.counter(counter).await;
-            self.record("counter", &result);
-            result
-        })
-    }
-
-    fn increment<'a>(
-        &'a self,
-        counter: &'a str,
-        idempotency_key: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Increment, StoreError>> {
-        Box::pin(async move {
-            let result = self.inner.increment(counter, idempotency_key).await;
-            self.record("increment", &result);
-            result
-        })
-    }
-
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let result = self.inner.ping().await;
-            self.record("ping", &result);
-            result
-        })
-    }
+    Ok(std::sync::Arc::new(metered::Metered::new(inner, metrics)))
 }

@@ -112,6 +112,9 @@ async fn injected_faults_hit_api_routes_but_never_probes() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     let bad = app.admin(Method::PUT, "/faults", r#"{"rate": 0.5}"#).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let wrong_method = app.admin(Method::GET, "/exit", "").await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.json()["error"], "method not allowed");
 }
 
 #[test]

@@ -227,3 +227,71 @@ async fn wait_for_open_connections(app: &crate::helpers::TestApp, count: u32) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Random bytes, random request lines, random header soup: the server must answer or close,
+/// never panic, and keep serving. (nextest runs each test in its own process, so the panic hook
+/// sees only this test's server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_never_makes_the_server_panic() {
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    std::panic::set_hook(Box::new(|_| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    let app = spawn_app().await;
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let methods = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "BREW", "", "G\0T",
+    ];
+    let paths = [
+        "/",
+        "/api/echo",
+        "/status/%zz",
+        "/delay/1e99s",
+        "/headers",
+        "//..//",
+        "*",
+        "/api/info?x=%00",
+        "/\u{7f}",
+    ];
+    let mut answered = 0;
+    for round in 0..300 {
+        let request: Vec<u8> = match round % 3 {
+            0 => (0..rng.usize(1..512)).map(|_| rng.u8(..)).collect(),
+            1 => format!(
+                "{} {} HTTP/1.{}\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                methods[rng.usize(..methods.len())],
+                paths[rng.usize(..paths.len())],
+                rng.u8(0..3),
+                rng.i32(-5..50),
+            )
+            .into_bytes(),
+            _ => {
+                let mut head = b"POST /api/echo HTTP/1.1\r\nHost: x\r\n".to_vec();
+                for _ in 0..rng.usize(0..20) {
+                    let name: Vec<u8> = (0..rng.usize(0..12)).map(|_| rng.u8(33..127)).collect();
+                    let value: Vec<u8> = (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect();
+                    head.extend_from_slice(&name);
+                    head.extend_from_slice(b": ");
+                    head.extend_from_slice(&value);
+                    head.extend_from_slice(b"\r\n");
+                }
+                head.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\nzz\r\n");
+                head
+            }
+        };
+        let response = exchange(app.public, &request, Duration::from_millis(300)).await;
+        if response.starts_with("HTTP/1.") {
+            answered += 1;
+        }
+    }
+    assert!(
+        answered >= 200,
+        "only {answered} of 300 garbage requests got an HTTP answer"
+    );
+    assert_eq!(
+        PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the server panicked"
+    );
+    assert_eq!(app.get("/").await.text(), "Hello World!");
+}
