@@ -295,7 +295,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                     Err("not run: ours-musl (the direct baseline) is excluded by --only".into())
                 }
                 (None, Some(direct)) => {
-                    stack::run(&plan, direct, &logs).map_err(|e| format!("failed: {e:#}"))
+                    stack::run(&plan, direct, &logs).map_err(|e| format!("{e:#}"))
                 }
             },
         );

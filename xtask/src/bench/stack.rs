@@ -3,7 +3,8 @@
 //!
 //! It drives the stack only through its public commands (`cargo xtask stack up|down`, `docker
 //! service scale`), waits with deadlines, checks that HAProxy really spreads over N replicas
-//! (distinct `x-served-by`) before measuring, and leaves the stack as it found it.
+//! (distinct `x-served-by`) before measuring, and brings the stack down again. A stack that was already up is left alone: someone may be
+//! testing on it.
 
 use std::{
     collections::HashSet,
@@ -49,14 +50,17 @@ pub(crate) fn unavailable() -> Option<String> {
 pub(crate) fn run(plan: &Plan, direct: &Spec, logs: &std::path::Path) -> Result<StackResult> {
     let was_up = docker(&["stack", "ls", "--format", "{{.Name}}"])
         .map(|s| s.lines().any(|l| l.trim() == "hello-world"))
-        .unwrap_or(false);
-    let result = measure(plan, direct, logs);
-    // Leave it as found: the default 3 replicas if it was up, nothing if it was not.
+        .context("asking docker which stacks run")?;
+    // A stack someone else brought up may be under test right now: scaling it or loading it
+    // would break their run, so the bench measures only a stack it brings up (and down) itself.
     if was_up {
-        let _ = docker(&["service", "scale", "--detach", &format!("{WEB_SERVICE}=3")]);
-    } else {
-        let _ = cargo_xtask(&["stack", "down"], Duration::from_secs(180));
+        bail!(
+            "not run: the `hello-world` stack was already up when the bench reached this section, and the bench \
+             only loads a stack it brought up itself (`cargo xtask stack down`, then `cargo xtask bench --only stack`)"
+        );
     }
+    let result = measure(plan, direct, logs);
+    let _ = cargo_xtask(&["stack", "down"], Duration::from_secs(180));
     result
 }
 
