@@ -329,11 +329,16 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
     ])
 }
 
-/// This tree's commit, with `-dirty` when the service's sources differ from it.
+/// The service's commit in this tree, with `-dirty` when the service's sources differ from it.
 fn tree_commit(sh: &Shell) -> String {
-    let head = cmd!(sh, "git rev-parse --short=12 HEAD")
-        .read()
-        .unwrap_or_else(|_| "unknown".into());
+    // The last commit that changed what the binary is built from: commits that touch only the
+    // bench or the docs do not force a rebuild of the service.
+    let head = cmd!(
+        sh,
+        "git log -1 --format=%h --abbrev=12 -- crates Cargo.toml Cargo.lock"
+    )
+    .read()
+    .unwrap_or_else(|_| "unknown".into());
     let dirty = cmd!(sh, "git status --porcelain -- crates Cargo.toml Cargo.lock")
         .read()
         .map(|s| !s.trim().is_empty())
