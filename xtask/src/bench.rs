@@ -279,7 +279,10 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         echo(&plan, ours, &logs, &mut results);
     }
     if let Some(ours) = ours_glibc.filter(|_| only.section("counter")) {
-        results.counter = Some(redis::counter(&plan, ours, &logs).map_err(|e| format!("{e:#}")));
+        results.counter = Some(
+            redis::counter(&plan, ours, profile_bin.as_deref(), &logs)
+                .map_err(|e| format!("{e:#}")),
+        );
     }
     if only.section("stack") {
         results.stack = Some(
@@ -300,7 +303,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             },
         );
     }
-    if let (Some(bin), Some(ours)) = (profile_bin, ours_glibc) {
+    if let (Some(bin), Some(ours)) = (profile_bin.clone(), ours_glibc) {
         let mut spec = ours.clone();
         spec.program = bin;
         let mut profiles = vec![(spec.name, profile::run(&plan, &spec, &logs))];

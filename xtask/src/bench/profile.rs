@@ -18,7 +18,7 @@ use xshell::{Shell, cmd};
 use super::{
     Plan,
     load::{self, Wrk},
-    servers::{self, Spec},
+    servers::{self, Running, Spec},
 };
 
 pub(crate) fn build_binary(sh: &Shell, log: &mut Vec<String>) -> Result<PathBuf> {
@@ -37,11 +37,21 @@ pub(crate) fn build_binary(sh: &Shell, log: &mut Vec<String>) -> Result<PathBuf>
 /// Samples a server under the `GET /` load; returns the command lines, the CPU cost per request
 /// measured meanwhile, and `perf report`'s flat profile (by binary, and by symbol).
 pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<String> {
-    let data = servers::work_dir().join(format!("perf-{}.data", spec.name));
     let (_, server) = servers::start_timed(spec, &logs.join(format!("{}-profile.log", spec.name)))?;
-    let result = (|| {
-        load::run(&Wrk::get(spec.url("/"), plan.connections, plan.warmup_s))?;
-        let seconds = plan.run_s.max(4);
+    let result =
+        load::run(&Wrk::get(spec.url("/"), plan.connections, plan.warmup_s)).and_then(|_| {
+            let wrk = Wrk::get(spec.url("/"), plan.connections, plan.run_s.max(4));
+            sample(&server, spec, &wrk)
+        });
+    server.stop()?;
+    result
+}
+
+/// Samples a running server with perf while `wrk` loads it (the server is warmed up already).
+pub(crate) fn sample(server: &Running, spec: &Spec, wrk: &Wrk) -> Result<String> {
+    let data = servers::work_dir().join(format!("perf-{}.data", spec.name));
+    {
+        let seconds = wrk.seconds;
         let pids: Vec<String> = server.pids().iter().map(u32::to_string).collect();
         let perf_args = [
             "record".to_owned(),
@@ -66,8 +76,7 @@ pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<St
                 .stderr(Stdio::null())
                 .status()
         });
-        let wrk = Wrk::get(spec.url("/"), plan.connections, seconds);
-        let measured = load::measure(&server, &wrk)?;
+        let measured = load::measure(server, wrk)?;
         let status = perf
             .join()
             .map_err(|_| anyhow::anyhow!("the perf thread panicked"))?
@@ -125,7 +134,5 @@ pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<St
                 .join(" ")
                 .replace(&servers::work_dir().display().to_string(), "target/bench"),
         ))
-    })();
-    server.stop()?;
-    result
+    }
 }

@@ -42,6 +42,7 @@ pub(crate) struct CounterResult {
     pub(crate) redis_server_line: String,
     pub(crate) ours_line: String,
     pub(crate) wrk_line: String,
+    pub(crate) profile: Option<Result<String, String>>,
 }
 
 fn redis_spec() -> Spec {
@@ -67,7 +68,14 @@ fn redis_spec() -> Spec {
     }
 }
 
-pub(crate) fn counter(plan: &Plan, ours: &Spec, logs: &std::path::Path) -> Result<CounterResult> {
+/// `profiling_bin`: a build of ours with symbols; when given, a second run of the same load is
+/// sampled with perf to show where an increment's CPU goes.
+pub(crate) fn counter(
+    plan: &Plan,
+    ours: &Spec,
+    profiling_bin: Option<&std::path::Path>,
+    logs: &std::path::Path,
+) -> Result<CounterResult> {
     servers::ensure_port_free(REDIS_PORT)?;
     let redis = servers::spawn(&redis_spec(), &logs.join("redis.log"))
         .context("starting redis-server (apt-get install redis-server)")?;
@@ -139,6 +147,16 @@ pub(crate) fn counter(plan: &Plan, ours: &Spec, logs: &std::path::Path) -> Resul
         })();
         server.stop()?;
         let (w, ours_m, redis_under, counted) = run?;
+        let profile = profiling_bin.map(|bin| {
+            let mut p = spec.clone();
+            p.program = bin.to_owned();
+            p.name = "ours-counter";
+            let (_, server) = servers::start_timed(&p, &logs.join("ours-counter-profile.log"))
+                .map_err(|e| format!("{e:#}"))?;
+            let sampled = super::profile::sample(&server, &p, &w).map_err(|e| format!("{e:#}"));
+            let _ = server.stop();
+            sampled
+        });
         let mut redis_server_line = redis_spec().command_line();
         redis_server_line = redis_server_line.replace("--save  ", "--save '' ");
         Ok(CounterResult {
@@ -155,6 +173,7 @@ pub(crate) fn counter(plan: &Plan, ours: &Spec, logs: &std::path::Path) -> Resul
             redis_server_line,
             ours_line: spec.command_line(),
             wrk_line: w.command_line(),
+            profile,
         })
     })();
     redis.stop()?;

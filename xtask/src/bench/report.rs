@@ -676,6 +676,18 @@ fn growth(w: &mut String, r: &Results) {
                     .unwrap_or_else(|| "(unread)".into()),
                 c.ours.wrk.requests,
             );
+            match &c.profile {
+                Some(Ok(text)) => {
+                    let _ = writeln!(
+                        w,
+                        "Where an increment's CPU goes in ours (same load, a build with symbols):\n\n{text}"
+                    );
+                }
+                Some(Err(e)) => {
+                    let _ = writeln!(w, "Profile of the increment path not available: {e}\n");
+                }
+                None => {}
+            }
         }
     }
 }
