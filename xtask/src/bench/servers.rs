@@ -118,6 +118,7 @@ const PORT_GO: u16 = 18003;
 const PORT_NGINX: u16 = 18004;
 const PORT_GUNICORN: u16 = 18005;
 const PORT_FLASK: u16 = 5000;
+const PORT_AXUM: u16 = 18006;
 const ADMIN_PORT_BASE: u16 = 19000;
 
 /// Builds ours (glibc and musl release builds), the Go reference, the Flask venv and the nginx
@@ -171,6 +172,23 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
         "(copied to {} and {}; both answer /version with commit {commit})",
         display_path(&glibc),
         display_path(&musl)
+    ));
+
+    // Bare axum: the framework's floor, built with the service's release profile.
+    let axum_dir = work.join("axum-target");
+    let axum_manifest = root.join("bench/reference/axum/Cargo.toml");
+    {
+        let _dir = sh.push_env("CARGO_TARGET_DIR", &axum_dir);
+        cmd!(
+            sh,
+            "cargo build --release --locked --manifest-path {axum_manifest}"
+        )
+        .run()?;
+    }
+    let axum_bin = axum_dir.join("release/axum-hello");
+    log.push(format!(
+        "CARGO_TARGET_DIR={} cargo build --release --locked --manifest-path bench/reference/axum/Cargo.toml",
+        display_path(&axum_dir)
     ));
 
     // Go: one file, standard library only, so no module download.
@@ -278,6 +296,17 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
                 "{}, 1 worker, access_log off (binary is dynamically linked)",
                 nginx_version.trim()
             ),
+        },
+        Spec {
+            name: "axum-bare",
+            kind: Kind::Reference,
+            program: axum_bin.clone(),
+            args: vec![],
+            env: vec![("PORT".into(), PORT_AXUM.to_string())],
+            cwd: None,
+            port: PORT_AXUM,
+            binary: Some(axum_bin),
+            note: "axum 0.8 `Router::new().route(\"/\", get(..))` + `axum::serve`, no middleware, glibc malloc: the framework's floor".into(),
         },
         Spec {
             name: "go",
