@@ -125,6 +125,7 @@ pub(crate) struct PeerRun {
     /// libraries), which says whether memory or code size bounds it.
     pub(crate) idle_anon_kib: u64,
     pub(crate) idle_file_kib: u64,
+    pub(crate) idle_thp_kib: u64,
     pub(crate) hwm_kib: u64,
 }
 
@@ -190,7 +191,7 @@ pub(crate) struct Results {
     pub(crate) echo_line: String,
     pub(crate) counter: Option<Result<redis::CounterResult, String>>,
     pub(crate) stack: Option<Result<stack::StackResult, String>>,
-    pub(crate) profile: Option<Vec<(String, Result<String, String>)>>,
+    pub(crate) profile: Option<Vec<(String, Result<profile::Profile, String>)>>,
     pub(crate) notes: Vec<String>,
 }
 
@@ -392,7 +393,8 @@ fn peer_round(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<(Vec<f
         // Idle: after the first answer, let start-up work settle.
         thread::sleep(Duration::from_millis(500));
         let idle_rss_kib = procfs::status_kib(&server.pids(), "VmRSS:");
-        let idle_pss_kib = procfs::pss_kib(&server.pids());
+        let idle_pss_kib = procfs::rollup_kib(&server.pids(), "Pss:");
+        let idle_thp_kib = procfs::rollup_kib(&server.pids(), "AnonHugePages:");
         let idle_anon_kib = procfs::status_kib(&server.pids(), "RssAnon:");
         let idle_file_kib = procfs::status_kib(&server.pids(), "RssFile:");
         load::run(&Wrk::get(spec.url("/"), plan.connections, plan.warmup_s))?;
@@ -407,6 +409,7 @@ fn peer_round(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<(Vec<f
             idle_pss_kib,
             idle_anon_kib,
             idle_file_kib,
+            idle_thp_kib,
             hwm_kib,
         })
     })();

@@ -83,14 +83,15 @@ pub(crate) fn status_kib(pids: &[u32], field: &str) -> u64 {
         .sum()
 }
 
-/// Proportional set size in KiB summed over `pids`: shared pages are split between the processes
-/// that map them, so unlike summed RSS it does not count nginx's or gunicorn's shared libraries
-/// once per process.
-pub(crate) fn pss_kib(pids: &[u32]) -> u64 {
+/// A `/proc/PID/smaps_rollup` field in KiB, summed over `pids`. `Pss` (proportional set size)
+/// splits shared pages between the processes that map them, so unlike summed RSS it does not
+/// count nginx's or gunicorn's shared libraries once per process; `AnonHugePages` is the part of
+/// anonymous memory held in transparent huge pages.
+pub(crate) fn rollup_kib(pids: &[u32], field: &str) -> u64 {
     pids.iter()
         .filter_map(|pid| {
             let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-            let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+            let line = text.lines().find(|l| l.starts_with(field))?;
             line.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
         .sum()

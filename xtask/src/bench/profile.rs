@@ -36,7 +36,7 @@ pub(crate) fn build_binary(sh: &Shell, log: &mut Vec<String>) -> Result<PathBuf>
 
 /// Samples a server under the `GET /` load; returns the command lines, the CPU cost per request
 /// measured meanwhile, and `perf report`'s flat profile (by binary, and by symbol).
-pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<String> {
+pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<Profile> {
     let (_, server) = servers::start_timed(spec, &logs.join(format!("{}-profile.log", spec.name)))?;
     let result =
         load::run(&Wrk::get(spec.url("/"), plan.connections, plan.warmup_s)).and_then(|_| {
@@ -47,8 +47,18 @@ pub(crate) fn run(plan: &Plan, spec: &Spec, logs: &std::path::Path) -> Result<St
     result
 }
 
+/// A flat profile: the text for the results, and the split of a request's CPU between the kernel
+/// and user space (the server's binary and its libraries), in µs per request.
+#[derive(Debug, Clone)]
+pub(crate) struct Profile {
+    pub(crate) text: String,
+    pub(crate) cpu_us: f64,
+    pub(crate) kernel_us: f64,
+    pub(crate) user_us: f64,
+}
+
 /// Samples a running server with perf while `wrk` loads it (the server is warmed up already).
-pub(crate) fn sample(server: &Running, spec: &Spec, wrk: &Wrk) -> Result<String> {
+pub(crate) fn sample(server: &Running, spec: &Spec, wrk: &Wrk) -> Result<Profile> {
     let data = servers::work_dir().join(format!("perf-{}.data", spec.name));
     {
         let seconds = wrk.seconds;
@@ -121,18 +131,34 @@ pub(crate) fn sample(server: &Running, spec: &Spec, wrk: &Wrk) -> Result<String>
             }
             t
         };
-        let by_dso = table(report("dso", "0.5")?);
+        let dsos = report("dso", "0")?;
+        let kernel_share: f64 = dsos
+            .iter()
+            .filter(|(_, d)| d.contains("[kernel"))
+            .map(|(p, _)| p)
+            .sum();
+        let user_share: f64 = dsos
+            .iter()
+            .filter(|(_, d)| !d.contains("[kernel"))
+            .map(|(p, _)| p)
+            .sum();
+        let by_dso = table(dsos.into_iter().filter(|(p, _)| *p >= 0.5).collect());
         let by_symbol = table(report("dso,symbol", "0.7")?);
-        Ok(format!(
-            "server: `{}`\n\nload: `{}` — {:.0} req/s, **{cpu_us:.2} µs CPU per request** while sampled\n\n\
+        Ok(Profile {
+            text: format!(
+                "server: `{}`\n\nload: `{}` — {:.0} req/s, **{cpu_us:.2} µs CPU per request** while sampled\n\n\
              profile: `perf {}`, then `perf report --stdio --no-children --sort dso` and `--sort dso,symbol` \
              (µs/request = share × the CPU per request above)\n\nBy binary or library:\n\n{by_dso}\nBy symbol (self time, ≥ 0.7 %):\n\n{by_symbol}",
-            spec.command_line(),
-            wrk.command_line(),
-            measured.wrk.rps(),
-            perf_args
-                .join(" ")
-                .replace(&servers::work_dir().display().to_string(), "target/bench"),
-        ))
+                spec.command_line(),
+                wrk.command_line(),
+                measured.wrk.rps(),
+                perf_args
+                    .join(" ")
+                    .replace(&servers::work_dir().display().to_string(), "target/bench"),
+            ),
+            cpu_us,
+            kernel_us: kernel_share / 100.0 * cpu_us,
+            user_us: user_share / 100.0 * cpu_us,
+        })
     }
 }

@@ -153,7 +153,9 @@ pub(crate) fn counter(
             p.name = "ours-counter";
             let (_, server) = servers::start_timed(&p, &logs.join("ours-counter-profile.log"))
                 .map_err(|e| format!("{e:#}"))?;
-            let sampled = super::profile::sample(&server, &p, &w).map_err(|e| format!("{e:#}"));
+            let sampled = super::profile::sample(&server, &p, &w)
+                .map(|p| p.text)
+                .map_err(|e| format!("{e:#}"));
             let _ = server.stop();
             sampled
         });

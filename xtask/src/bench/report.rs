@@ -24,6 +24,7 @@ struct Row {
     idle_pss_kib: f64,
     idle_anon_kib: f64,
     idle_file_kib: f64,
+    idle_thp_kib: f64,
     peak_rss_kib: f64,
     startup_ms: f64,
     binary: Option<u64>,
@@ -49,6 +50,7 @@ fn rows(peers: &[PeerRow]) -> Vec<Row> {
                 idle_pss_kib: m(&|r| r.idle_pss_kib as f64),
                 idle_anon_kib: m(&|r| r.idle_anon_kib as f64),
                 idle_file_kib: m(&|r| r.idle_file_kib as f64),
+                idle_thp_kib: m(&|r| r.idle_thp_kib as f64),
                 peak_rss_kib: m(&|r| r.hwm_kib as f64),
                 startup_ms: median(p.startup_ms.clone()),
                 binary: p.spec.binary.as_deref().and_then(super::procfs::file_size),
@@ -227,14 +229,15 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
     // What idle memory is made of: heap and stacks, or pages of the mapped binary and libraries.
     let _ = writeln!(
         w,
-        "\nIdle RSS by kind (`RssAnon` / `RssFile` of `/proc/PID/status`, summed over the tree):\n\n| server | anonymous MiB | file-backed MiB |\n|---|---:|---:|"
+        "\nIdle RSS by kind (`RssAnon` / `RssFile` of `/proc/PID/status`, `AnonHugePages` of `smaps_rollup`, summed over the tree):\n\n| server | anonymous MiB | of it in huge pages MiB | file-backed MiB |\n|---|---:|---:|---:|"
     );
     for x in &rows {
         let _ = writeln!(
             w,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} |",
             x.name,
             mib(x.idle_anon_kib),
+            mib(x.idle_thp_kib),
             mib(x.idle_file_kib)
         );
     }
@@ -271,8 +274,8 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
             for (name, p) in profiles {
                 let _ = writeln!(w, "### {name}\n");
                 match p {
-                    Ok(text) => {
-                        let _ = writeln!(w, "{text}");
+                    Ok(p) => {
+                        let _ = writeln!(w, "{}", p.text);
                     }
                     Err(e) => {
                         let _ = writeln!(w, "Not available: {e}\n");
@@ -294,6 +297,34 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
         }
     }
     md
+}
+
+/// The profile's answer to "where does ours spend more than nginx": kernel vs user space.
+fn cpu_split(r: &Results) -> String {
+    let Some(profiles) = &r.profile else {
+        return "(no profile in this run)".into();
+    };
+    let get = |n: &str| {
+        profiles
+            .iter()
+            .find(|(name, _)| name == n)
+            .and_then(|(_, p)| p.as_ref().ok())
+    };
+    match (get("ours-glibc"), get("nginx")) {
+        (Some(o), Some(n)) => format!(
+            "Profile (glibc build, see below): ours {:.2} µs/request = kernel {:.2} + user space {:.2}; nginx {:.2} = kernel {:.2} + user space {:.2}. \
+             User space accounts for {:.2} µs of the {:.2} µs gap.",
+            o.cpu_us,
+            o.kernel_us,
+            o.user_us,
+            n.cpu_us,
+            n.kernel_us,
+            n.user_us,
+            o.user_us - n.user_us,
+            o.cpu_us - n.cpu_us
+        ),
+        _ => "(the profile did not run for both ours and nginx)".into(),
+    }
 }
 
 /// Says what limits a server's rate in the run: its own core, or wrk's.
@@ -428,8 +459,24 @@ fn targets(w: &mut String, r: &Results, rows: &[Row]) {
                 verdict(ok)
             );
             if ok == Some(false) {
-                let why = if what.starts_with("req/s") || what.starts_with("CPU") {
+                let why = if what.starts_with("CPU") {
+                    format!("{} {}", cpu_split(r), bound(x))
+                } else if what.starts_with("req/s") {
                     bound(x)
+                } else if what.starts_with("idle RSS") {
+                    format!(
+                        "Of it, {} MiB are file-backed pages (the mapped binary and its libraries) and {} MiB anonymous memory{}.",
+                        mib(x.idle_file_kib),
+                        mib(x.idle_anon_kib),
+                        if x.idle_thp_kib > 0.0 {
+                            format!(
+                                ", of which {} MiB are transparent huge pages (THP is `always` here: an allocator arena becomes 2 MiB pages)",
+                                mib(x.idle_thp_kib)
+                            )
+                        } else {
+                            String::new()
+                        }
+                    )
                 } else {
                     String::new()
                 };
