@@ -113,6 +113,11 @@ pub(crate) struct Machine {
     pub(crate) kernel: String,
     pub(crate) mem_gib: f64,
     pub(crate) loadavg_before: String,
+    /// Transparent huge pages mode (`always`, `madvise`, `never`): with `always`, an allocator's
+    /// arena becomes 2 MiB of resident memory at the first touch.
+    pub(crate) thp: String,
+    /// The CPU flags name a hypervisor: the cores are virtual and may be shared.
+    pub(crate) virtual_machine: bool,
 }
 
 pub(crate) fn machine() -> Result<Machine> {
@@ -141,6 +146,13 @@ pub(crate) fn machine() -> Result<Machine> {
         kernel,
         mem_gib: mem_kib / 1024.0 / 1024.0,
         loadavg_before: loadavg(),
+        virtual_machine: cpuinfo
+            .lines()
+            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor")),
+        thp: fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .ok()
+            .and_then(|s| Some(s.split('[').nth(1)?.split(']').next()?.to_owned()))
+            .unwrap_or_else(|| "unknown".into()),
     })
 }
 

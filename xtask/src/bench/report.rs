@@ -115,8 +115,19 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
     if let Some(m) = &r.machine {
         let _ = writeln!(
             w,
-            "- CPU: {} × {} (KVM guest; no hardware performance counters exposed)\n- Kernel: Linux {}\n- Memory: {:.1} GiB\n- Load average (1/5/15 min) before: {}; after: {}",
-            m.cpus, m.cpu_model, m.kernel, m.mem_gib, m.loadavg_before, r.loadavg_after
+            "- CPU: {} × {}{}\n- Kernel: Linux {} (transparent huge pages: `{}`)\n- Memory: {:.1} GiB\n- Load average (1/5/15 min) before: {}; after: {}",
+            m.cpus,
+            m.cpu_model,
+            if m.virtual_machine {
+                " (virtual machine)"
+            } else {
+                ""
+            },
+            m.kernel,
+            m.thp,
+            m.mem_gib,
+            m.loadavg_before,
+            r.loadavg_after
         );
     }
     if let Ok(note) = std::env::var("HELLO_BENCH_NOTE") {
@@ -470,8 +481,9 @@ fn targets(w: &mut String, r: &Results, rows: &[Row]) {
                         mib(x.idle_anon_kib),
                         if x.idle_thp_kib > 0.0 {
                             format!(
-                                ", of which {} MiB are transparent huge pages (THP is `always` here: an allocator arena becomes 2 MiB pages)",
-                                mib(x.idle_thp_kib)
+                                ", of which {} MiB are transparent huge pages (THP mode `{}` here: an allocator arena that is touched becomes 2 MiB pages)",
+                                mib(x.idle_thp_kib),
+                                r.machine.as_ref().map_or("unknown", |m| m.thp.as_str())
                             )
                         } else {
                             String::new()
