@@ -7,8 +7,9 @@
 //! `--json` report. Every proof prints its figures, the suite writes them to `e2e/RESULTS.md`,
 //! and the stack is removed at the end, also when a proof fails or the run panics.
 //!
-//! `cargo xtask e2e [--keep] [--only NAME,...]`: `--keep` leaves the stack up for inspection;
-//! `--only` runs some proofs (by name) after the stack is up.
+//! `cargo xtask e2e [--keep] [--no-build] [--only NAME,...]`: `--keep` leaves the stack up for
+//! inspection; `--no-build` reuses the images and check client of the previous run; `--only`
+//! runs some proofs (by name). A partial run does not rewrite `e2e/RESULTS.md`.
 //!
 //! Traffic goes only to loopback (the published port) and inside the stack's own network.
 
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use xshell::{Shell, cmd};
 
 use crate::{image, stack};
@@ -42,6 +43,11 @@ const PROOFS: &[Proof] = &[
         name: "spread",
         claim: "load is balanced: each of the 3 replicas serves ≥ 25 % of requests",
         run: proofs::spread,
+    },
+    Proof {
+        name: "isolation",
+        claim: "portability / isolation: the ≤ 8 MiB scratch image runs as 65532:65532, read-only, with no capabilities",
+        run: proofs::isolation,
     },
     Proof {
         name: "replica-killed",
@@ -70,7 +76,7 @@ const PROOFS: &[Proof] = &[
     },
     Proof {
         name: "consistency",
-        claim: "data consistency: N idempotent increments through the balancer while a replica is killed move the counter by exactly N",
+        claim: "data consistency: N idempotent increments through the balancer while replicas are killed move the counter by exactly N",
         run: proofs::consistency,
     },
     Proof {
@@ -101,11 +107,13 @@ struct Outcome {
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut keep = false;
+    let mut build = true;
     let mut only: Option<Vec<String>> = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--keep" => keep = true,
+            "--no-build" => build = false,
             "--only" => {
                 let names = args
                     .next()
@@ -113,7 +121,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 only = Some(names.split(',').map(str::to_string).collect());
             }
             other => bail!(
-                "unknown argument `{other}`\n\nusage: cargo xtask e2e [--keep] [--only NAME,...]\nproofs: {}",
+                "unknown argument `{other}`\n\nusage: cargo xtask e2e [--keep] [--no-build] [--only NAME,...]\nproofs: {}",
                 PROOFS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
             ),
         }
@@ -126,7 +134,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 
     let started = Instant::now();
     let sh = image::project_shell()?;
-    let ctx = prepare(sh)?;
+    let ctx = prepare(sh, build)?;
     let teardown = Teardown { sh: &ctx.sh, keep };
     stack::down(&ctx.sh, true)?;
     stack::up(&ctx.sh)?;
@@ -166,7 +174,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         .filter(|o| o.result.is_err())
         .map(|o| o.name)
         .collect();
-    if only.is_none() {
+    if only.is_none() && build {
         write_results(&ctx, &outcomes, started.elapsed())?;
     }
     println!(
@@ -182,22 +190,40 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 }
 
 /// Builds the images the proofs need and keeps a copy of the binary as the check client.
-fn prepare(sh: Shell) -> Result<Ctx> {
+fn prepare(sh: Shell, build: bool) -> Result<Ctx> {
     image::ensure_base_images(&sh)?;
     let version = image::crate_version(&sh)?;
+    let check_bin = image::target_dir(&sh)?.join("e2e").join("hello-world");
+    let next_version = format!("{version}-next");
+    if !build {
+        for tag in [image::DEV_TAG, NEXT_TAG] {
+            ensure!(
+                image::image_exists(&sh, tag),
+                "--no-build: image {tag} is missing"
+            );
+        }
+        ensure!(
+            check_bin.is_file(),
+            "--no-build: {} is missing",
+            check_bin.display()
+        );
+        return Ok(Ctx {
+            sh,
+            check_bin,
+            version,
+            next_version,
+        });
+    }
     let binary = image::build_app_image(
         &sh,
         &version,
         &[image::DEV_TAG.to_string(), format!("hello-world:{version}")],
     )?;
     // The next build overwrites the binary; the check client is the current version.
-    let e2e_dir = image::target_dir(&sh)?.join("e2e");
-    sh.create_dir(&e2e_dir)?;
-    let check_bin = e2e_dir.join("hello-world");
+    sh.create_dir(check_bin.parent().context("the e2e directory")?)?;
     sh.copy_file(&binary, &check_bin)?;
     // The rolling update needs an image that reports another version: same code, rebuilt with
     // the version suffixed.
-    let next_version = format!("{version}-next");
     image::build_app_image(&sh, &next_version, &[NEXT_TAG.to_string()])?;
     Ok(Ctx {
         sh,

@@ -27,15 +27,20 @@ pub(crate) const REDIS_IMAGE: &str = "hello-world-redis:bookworm";
 /// The Debian release of the base images.
 const SUITE: &str = "bookworm";
 
+const USAGE: &str = "usage: cargo xtask image [--base-only | --version V]
+  --base-only  build only the HAProxy and Redis base images (when missing)
+  --version V  build the service with version V, tagged hello-world:V only (e.g. to try a
+               rolling update: docker service update --image hello-world:V hello-world_web)";
+
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut base_only = false;
-    for arg in args {
+    let mut custom_version = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--base-only" => base_only = true,
-            other => bail!(
-                "unknown argument `{other}`\n\nusage: cargo xtask image [--base-only]\n  \
-                 --base-only  build only the HAProxy and Redis base images (when missing)"
-            ),
+            "--version" => custom_version = Some(args.next().context(USAGE)?.clone()),
+            other => bail!("unknown argument `{other}`\n\n{USAGE}"),
         }
     }
     let sh = project_shell()?;
@@ -50,9 +55,30 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if base_only {
         return Ok(());
     }
-    let version = crate_version(&sh)?;
-    let tags = [DEV_TAG.to_string(), format!("hello-world:{version}")];
-    build_app_image(&sh, &version, &tags)?;
+    match custom_version {
+        Some(version) => {
+            // The version becomes the image tag: Docker's tag grammar.
+            let valid = version.len() <= 128
+                && version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                && !version.starts_with(['.', '-']);
+            if !valid {
+                bail!(
+                    "--version {version:?}: use letters, digits, `_`, `.`, `-` (it becomes the image tag)"
+                );
+            }
+            build_app_image(&sh, &version, &[format!("hello-world:{version}")])?;
+        }
+        None => {
+            let version = crate_version(&sh)?;
+            build_app_image(
+                &sh,
+                &version,
+                &[DEV_TAG.to_string(), format!("hello-world:{version}")],
+            )?;
+        }
+    }
     Ok(())
 }
 
