@@ -237,6 +237,8 @@ pub(crate) fn short(v: f64) -> String {
         format!("{:.1}M", v / 1e6)
     } else if a >= 1e4 {
         format!("{:.0}k", v / 1e3)
+    } else if a >= 1e3 && whole && v % 1000.0 == 0.0 {
+        format!("{:.0}k", v / 1e3)
     } else if a >= 1e3 {
         format!("{:.1}k", v / 1e3)
     } else if a >= 10.0 || a == 0.0 {
