@@ -235,9 +235,7 @@ pub(crate) fn short(v: f64) -> String {
     }
     if a >= 1e6 {
         format!("{:.1}M", v / 1e6)
-    } else if a >= 1e4 {
-        format!("{:.0}k", v / 1e3)
-    } else if a >= 1e3 && whole && v % 1000.0 == 0.0 {
+    } else if a >= 1e4 || (a >= 1e3 && whole && v % 1000.0 == 0.0) {
         format!("{:.0}k", v / 1e3)
     } else if a >= 1e3 {
         format!("{:.1}k", v / 1e3)
