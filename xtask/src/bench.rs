@@ -569,3 +569,16 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
         (values[m - 1] + values[m]) / 2.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_ignores_failed_rounds() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![f64::NAN, 5.0]), 5.0);
+        assert!(median(vec![]).is_nan());
+    }
+}

@@ -226,22 +226,37 @@ fn lines(
     Ok(())
 }
 
-/// 1234567 → "1.2M", 0.5 → "0.5": axis labels that stay short.
+/// 1234567 → "1.2M", 1500 → "1.5k", 2000 → "2k", 0.5 → "0.50": axis labels that stay short
+/// and read alike along one axis.
 pub(crate) fn short(v: f64) -> String {
     let a = v.abs();
-    let whole = (v - v.round()).abs() < 1e-9;
-    if whole && a < 1e4 && !(a >= 1e3 && v % 1000.0 == 0.0) {
-        return format!("{v:.0}");
-    }
+    let one_decimal = |x: f64| {
+        let text = format!("{x:.1}");
+        text.strip_suffix(".0").map(str::to_owned).unwrap_or(text)
+    };
     if a >= 1e6 {
-        format!("{:.1}M", v / 1e6)
-    } else if a >= 1e4 || (a >= 1e3 && whole && v % 1000.0 == 0.0) {
-        format!("{:.0}k", v / 1e3)
+        format!("{}M", one_decimal(v / 1e6))
     } else if a >= 1e3 {
-        format!("{:.1}k", v / 1e3)
-    } else if a >= 10.0 || a == 0.0 {
+        format!("{}k", one_decimal(v / 1e3))
+    } else if a >= 10.0 || (v - v.round()).abs() < 1e-9 {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short;
+
+    #[test]
+    fn axis_labels_stay_short() {
+        assert_eq!(short(0.0), "0");
+        assert_eq!(short(5.0), "5");
+        assert_eq!(short(0.25), "0.25");
+        assert_eq!(short(1500.0), "1.5k");
+        assert_eq!(short(2000.0), "2k");
+        assert_eq!(short(135_000.0), "135k");
+        assert_eq!(short(2_500_000.0), "2.5M");
     }
 }

@@ -193,6 +193,11 @@ fn parse(child: std::process::Child) -> Result<WrkOut> {
             String::from_utf8_lossy(&out.stderr)
         );
     };
+    parse_line(line)
+}
+
+/// One `WRK_JSON {...}` payload (see `bench/wrk/report.lua`) → the figures.
+fn parse_line(line: &str) -> Result<WrkOut> {
     let v: Value = serde_json::from_str(line).with_context(|| format!("parsing `{line}`"))?;
     let num = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     Ok(WrkOut {
@@ -207,4 +212,26 @@ fn parse(child: std::process::Child) -> Result<WrkOut> {
         p99_us: num("p99_us"),
         p999_us: num("p999_us"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lua_line_becomes_figures_with_every_error_kind_counted() {
+        let out = parse_line(
+            r#"{"requests":1000,"duration_us":2000000,"bytes":5,"connect_errors":1,"read_errors":2,"write_errors":3,"status_errors":4,"timeouts":5,"p50_us":10,"p90_us":20,"p99_us":30,"p999_us":40,"max_us":50,"mean_us":12.5}"#,
+        )
+        .expect("a valid line");
+        assert_eq!(out.requests, 1000);
+        assert_eq!(out.errors, 15);
+        assert!((out.rps() - 500.0).abs() < 1e-9);
+        assert_eq!((out.p50_us, out.p99_us, out.p999_us), (10.0, 30.0, 40.0));
+    }
+
+    #[test]
+    fn a_broken_line_is_an_error_not_zeroes() {
+        assert!(parse_line("{\"requests\":").is_err());
+    }
 }
