@@ -472,6 +472,12 @@ fn targets(w: &mut String, r: &Results, rows: &[Row]) {
             if ok == Some(false) {
                 let why = if what.starts_with("CPU") {
                     format!("{} {}", cpu_split(r), bound(x))
+                } else if what.contains("Flask") {
+                    format!(
+                        "{} Per request, Flask's dev server spends {} × ours' CPU time: what a saturated core would show.",
+                        bound(x),
+                        num(flask.map_or(f64::NAN, |f| ratio(f.cpu_us, x.cpu_us)), 0)
+                    )
                 } else if what.starts_with("req/s") {
                     bound(x)
                 } else if what.starts_with("idle RSS") {
