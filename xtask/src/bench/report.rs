@@ -487,7 +487,7 @@ fn targets(w: &mut String, r: &Results, rows: &[Row]) {
                         mib(x.idle_anon_kib),
                         if x.idle_thp_kib > 0.0 {
                             format!(
-                                ", of which {} MiB are transparent huge pages (THP mode `{}` here: an allocator arena that is touched becomes 2 MiB pages)",
+                                ", of which {} MiB are transparent huge pages (THP mode `{}` here; an allocator that asks for huge pages on its arenas, as mimalloc does unless built with its `no_thp` feature, makes each touched arena 2 MiB resident)",
                                 mib(x.idle_thp_kib),
                                 r.machine.as_ref().map_or("unknown", |m| m.thp.as_str())
                             )

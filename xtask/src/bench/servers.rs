@@ -351,7 +351,7 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
             port: PORT_FLASK,
             binary: None,
             note: format!(
-                "the seed's app.py as written (`python app.py`, Flask 1.1.2 dev server, logs each request), {}",
+                "the seed's app.py as written (`python app.py`: Flask's dev server, threaded, logs each request); flask==1.1.2 as the tutorial pins it, its unbounded dependencies pinned to releases it runs with (bench/reference/flask/requirements.txt); {}",
                 py_version.trim()
             ),
         },
