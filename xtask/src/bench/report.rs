@@ -471,15 +471,15 @@ fn targets(w: &mut String, r: &Results, rows: &[Row]) {
             );
             if ok == Some(false) {
                 let why = if what.starts_with("CPU") {
-                    format!("{} {}", cpu_split(r), bound(x))
+                    format!("{} During the run: {}.", cpu_split(r), bound(x))
                 } else if what.contains("Flask") {
                     format!(
-                        "{} Per request, Flask's dev server spends {} × ours' CPU time: what a saturated core would show.",
+                        "{}. Per request, Flask's dev server spends {} × ours' CPU time: what a saturated core would show.",
                         bound(x),
                         num(flask.map_or(f64::NAN, |f| ratio(f.cpu_us, x.cpu_us)), 0)
                     )
                 } else if what.starts_with("req/s") {
-                    bound(x)
+                    format!("{}.", bound(x))
                 } else if what.starts_with("idle RSS") {
                     format!(
                         "Of it, {} MiB are file-backed pages (the mapped binary and its libraries) and {} MiB anonymous memory{}.",
