@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use hello_world::config::{Cli, Command, ConfigError};
 use hello_world::server::Server;
 
-// musl's allocator is slow under threads; the static image binary uses mimalloc.
-#[cfg(target_env = "musl")]
+// mimalloc everywhere: musl's allocator is slow under threads, glibc's costs more per request
+// (bench/RESULTS.md has the profiles).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
