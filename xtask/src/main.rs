@@ -7,11 +7,13 @@
 //! | `cargo xtask image` | the `FROM scratch` service image and the HAProxy/Redis base images |
 //! | `cargo xtask stack up\|down` | the Docker Swarm stack: 3 replicas behind HAProxy, with Redis |
 //! | `cargo xtask e2e` | the end-to-end proofs on Swarm; writes `e2e/RESULTS.md` |
+//! | `cargo xtask bench [--quick] [--only NAME]` | ours vs Flask, gunicorn, Go and nginx; writes `bench/RESULTS.md` and charts |
 //!
 //! Each command lives in its own module; this file only dispatches.
 
 use std::process::ExitCode;
 
+mod bench;
 mod ci;
 mod e2e;
 mod image;
@@ -26,6 +28,7 @@ commands:
   image     build the container images (service, HAProxy, Redis)
   stack     up | down [--volumes]: run the Swarm stack on this machine
   e2e       prove balancing, failover, updates, scaling and consistency on Swarm
+  bench     measure ours against the references; writes bench/RESULTS.md [--quick] [--only NAME]
 ";
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         "image" => image::run(rest),
         "stack" => stack::run(rest),
         "e2e" => e2e::run(rest),
+        "bench" => bench::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
