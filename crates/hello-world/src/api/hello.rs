@@ -2,10 +2,10 @@
 //! for HTML; a browser gets the web page, which shows the same greeting.
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderValue, header};
 
 use super::AppState;
 
@@ -15,9 +15,11 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/", get(hello))
 }
 
-async fn hello(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// Takes the whole request rather than a `HeaderMap`: that extractor copies every header, and
+/// this is the hottest route (bench/RESULTS.md).
+async fn hello(State(state): State<AppState>, request: Request) -> Response {
     let vary = (header::VARY, HeaderValue::from_static("accept"));
-    if prefers_html(headers.get(header::ACCEPT)) {
+    if prefers_html(request.headers().get(header::ACCEPT)) {
         (
             [
                 (
