@@ -128,6 +128,10 @@ struct Seen {
 }
 
 /// Runs the route under the fault switches and the request timeout.
+///
+/// Most routes answer on their first poll; only a route that has to wait gets a timer, so the
+/// hot path does not register and cancel one per request (bench/RESULTS.md). The deadline
+/// still counts from when the request arrived.
 async fn answer(
     state: &AppState,
     seen: &Seen,
@@ -137,7 +141,15 @@ async fn answer(
     if let Some(injected) = state.faults.roll(is_probe).await {
         return injected.into_response();
     }
-    match tokio::time::timeout(state.config.request_timeout, route).await {
+    let mut route = std::pin::pin!(route);
+    let first = std::future::poll_fn(|cx| Poll::Ready(route.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(Ok(response)) => return response,
+        Poll::Ready(Err(never)) => match never {},
+        Poll::Pending => {}
+    }
+    let deadline = tokio::time::Instant::from_std(seen.started) + state.config.request_timeout;
+    match tokio::time::timeout_at(deadline, route).await {
         Ok(Ok(response)) => response,
         Ok(Err(never)) => match never {},
         Err(_) => ApiError::unavailable("request timed out")
