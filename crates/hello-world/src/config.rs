@@ -4,6 +4,7 @@
 //! all. Durations read like `250ms` or `2s`, sizes like `1MiB` or `65536`. A bad value is a
 //! [`ConfigError`]: `main` prints it as one line naming the flag and the variable, and exits 64.
 
+use std::error::Error as _;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -369,8 +370,6 @@ impl ConfigError {
     }
 }
 
-use std::error::Error as _;
-
 /// The environment variable behind a flag, read from the command definition itself.
 fn env_of_flag(flag: &str) -> Option<String> {
     use clap::CommandFactory;
@@ -423,7 +422,7 @@ pub fn byte_size(text: &str) -> Result<usize, String> {
 }
 
 /// The machine's hostname: in a container, the container id or pod name.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 

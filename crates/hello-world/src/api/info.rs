@@ -19,7 +19,7 @@ pub(crate) fn router() -> Router<AppState> {
 #[derive(Debug, Serialize)]
 struct Info<'a> {
     instance: &'a str,
-    hostname: String,
+    hostname: &'a str,
     version: &'static str,
     commit: &'static str,
     uptime_seconds: f64,
@@ -33,7 +33,7 @@ async fn info(State(state): State<AppState>) -> Response {
     let downward = &state.config.downward;
     let info = Info {
         instance: &state.config.instance_name,
-        hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        hostname: &state.hostname,
         version: crate::VERSION,
         commit: crate::COMMIT,
         uptime_seconds: (state.started.elapsed().as_millis() as f64) / 1000.0,

@@ -49,6 +49,8 @@ pub struct Shared {
     pub started: Instant,
     /// `x-served-by`, built once.
     pub served_by: HeaderValue,
+    /// The machine's hostname for /api/info, read once: it does not change while we run.
+    pub hostname: String,
 }
 
 impl AppState {
@@ -63,6 +65,7 @@ impl AppState {
             faults: Arc::new(Faults::default()),
             started: Instant::now(),
             served_by,
+            hostname: crate::config::hostname(),
         }))
     }
 }
