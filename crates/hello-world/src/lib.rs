@@ -15,6 +15,7 @@
 //!   the load-check tool that shows the load balancer at work.
 
 pub mod admin;
+pub mod allocator;
 pub mod api;
 pub mod check;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod observe;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod watchdog;
 pub mod web;
 
 /// The version this binary reports; the image build sets `HELLO_BUILD_VERSION`.

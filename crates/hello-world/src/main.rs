@@ -9,7 +9,7 @@ use hello_world::server::Server;
 // mimalloc everywhere: musl's allocator is slow under threads, glibc's costs more per request
 // (bench/RESULTS.md has the profiles).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: hello_world::allocator::MiMalloc = hello_world::allocator::MiMalloc;
 
 /// Exit status for a configuration the program cannot use (EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;

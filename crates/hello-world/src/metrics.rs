@@ -6,43 +6,79 @@
 //! port's `/metrics` in the Prometheus text format; counters carry `_total` and durations are in
 //! seconds, as Prometheus' conventions (and `promtool check metrics`) ask.
 
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::Method;
 
 use prometheus_client::collector::Collector;
 use std::fmt::Write as _;
 
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-/// A shared label value: cloning it per request costs a reference count, not an allocation.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct SharedLabel(Arc<str>);
-
-impl EncodeLabelValue for SharedLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(&self.0)
-    }
-}
-
 /// Labels of one request: route template, not path.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: SharedLabel,
-    route: SharedLabel,
+    method: &'static str,
+    route: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DurationLabels {
-    method: SharedLabel,
-    route: SharedLabel,
+    method: &'static str,
+    route: &'static str,
+}
+
+/// A request method as a metric label. Methods outside the standard nine share `other`, so
+/// clients cannot mint labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodLabel(usize);
+
+impl MethodLabel {
+    const NAMES: [&'static str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "other",
+    ];
+
+    pub fn of(method: &Method) -> Self {
+        Self(match *method {
+            Method::GET => 0,
+            Method::HEAD => 1,
+            Method::POST => 2,
+            Method::PUT => 3,
+            Method::DELETE => 4,
+            Method::PATCH => 5,
+            Method::OPTIONS => 6,
+            Method::TRACE => 7,
+            _ => 8,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self.0]
+    }
+}
+
+/// One route's request series, looked up in the families once per method and then kept:
+/// recording a request then hashes no labels. `200` gets its own counter slot since nearly
+/// every request ends there; other statuses go through the family.
+#[derive(Debug)]
+pub struct RouteSeries {
+    route: &'static str,
+    durations: [OnceLock<Histogram>; MethodLabel::NAMES.len()],
+    ok: [OnceLock<Counter>; MethodLabel::NAMES.len()],
+}
+
+impl RouteSeries {
+    /// The route template (or `unmatched`), as metrics and logs name it.
+    pub fn route(&self) -> &'static str {
+        self.route
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,25 +188,43 @@ impl Metrics {
         }
     }
 
+    /// The series of one route template; series appear in `/metrics` once a request used them.
+    pub fn route_series(&self, route: &'static str) -> RouteSeries {
+        RouteSeries {
+            route,
+            durations: Default::default(),
+            ok: Default::default(),
+        }
+    }
+
     /// Records one answered request.
     pub fn record_request(
         &self,
-        method: &Arc<str>,
-        route: &Arc<str>,
+        series: &RouteSeries,
+        method: MethodLabel,
         status: u16,
         elapsed: Duration,
     ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                method: SharedLabel(method.clone()),
-                route: SharedLabel(route.clone()),
-                status,
-            })
-            .inc();
-        self.durations
-            .get_or_create(&DurationLabels {
-                method: SharedLabel(method.clone()),
-                route: SharedLabel(route.clone()),
+        let request_labels = || RequestLabels {
+            method: method.as_str(),
+            route: series.route,
+            status,
+        };
+        if status == 200 {
+            series.ok[method.0]
+                .get_or_init(|| self.requests.get_or_create(&request_labels()).clone())
+                .inc();
+        } else {
+            self.requests.get_or_create(&request_labels()).inc();
+        }
+        series.durations[method.0]
+            .get_or_init(|| {
+                self.durations
+                    .get_or_create(&DurationLabels {
+                        method: method.as_str(),
+                        route: series.route,
+                    })
+                    .clone()
             })
             .observe(elapsed.as_secs_f64());
     }
@@ -362,13 +416,48 @@ mod tests {
     #[test]
     fn rendered_text_follows_prometheus_naming() {
         let metrics = Metrics::new();
-        let method: Arc<str> = Arc::from("GET");
-        let route: Arc<str> = Arc::from("/");
-        metrics.record_request(&method, &route, 200, Duration::from_micros(150));
+        let root = metrics.route_series("/");
+        metrics.record_request(
+            &root,
+            MethodLabel::of(&Method::GET),
+            200,
+            Duration::from_micros(150),
+        );
+        metrics.record_request(
+            &root,
+            MethodLabel::of(&Method::GET),
+            200,
+            Duration::from_micros(150),
+        );
+        metrics.record_request(
+            &root,
+            MethodLabel::of(&Method::POST),
+            405,
+            Duration::from_micros(90),
+        );
+        let other = Method::from_bytes(b"BREW").expect("a valid token");
+        metrics.record_request(
+            &root,
+            MethodLabel::of(&other),
+            501,
+            Duration::from_micros(90),
+        );
         metrics.record_store_operation("increment", true);
         let text = metrics.render();
         assert!(
-            text.contains("http_requests_total{method=\"GET\",route=\"/\",status=\"200\"} 1"),
+            text.contains("http_requests_total{method=\"GET\",route=\"/\",status=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("http_requests_total{method=\"POST\",route=\"/\",status=\"405\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("http_requests_total{method=\"other\",route=\"/\",status=\"501\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("http_request_duration_seconds_count{method=\"GET\",route=\"/\"} 2"),
             "{text}"
         );
         assert!(

@@ -9,111 +9,171 @@
 //! 6. `x-served-by`, `x-version`, `x-request-id` on the answer; metrics by route template;
 //!    the access log line.
 //!
-//! Metrics and logs name the route template (axum's `MatchedPath`), never the raw path;
-//! unmatched paths share the label `unmatched`.
+//! Metrics and logs name the route template, never the raw path; unmatched paths share the
+//! label `unmatched`. [`Observe`] wraps the whole router and finds the template itself, in a
+//! table built from the same list axum routes with ([`api::Routes`]): wrapping each route
+//! instead (`Router::layer`) would box and clone every request through two more services.
+//!
+//! This runs on every request, so the common case allocates nothing of its own: a route that
+//! answers on its first poll with a success or a JSON error is finished in place. Anything
+//! else (faults switched on, a refusal, an error body to rewrite) takes a boxed slow path, and
+//! the request timer is armed only for a route that has to wait (bench/RESULTS.md).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::body::Body;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
-use tower::{Layer, Service};
+use pin_project_lite::pin_project;
+use tower::Service;
 
 use crate::api::{self, AppState};
 use crate::error::ApiError;
-use crate::metrics::InFlight;
+use crate::metrics::{InFlight, MethodLabel, Metrics, RouteSeries};
 
 pub static X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
 pub static X_VERSION: HeaderName = HeaderName::from_static("x-version");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The public application: routes, fallback and middleware, ready to serve.
-///
-/// `Router::layer` wraps every endpoint (each route and the fallback) after routing, so
-/// [`Observe`] sees axum's `MatchedPath` in the request: the route template, or none for the
-/// fallback (labelled `unmatched`, so unknown paths cannot mint labels).
-pub fn public_app(state: AppState) -> Router {
-    api::router()
+pub fn public_app(state: AppState) -> Observe {
+    let routes = api::routes();
+    let table = RouteTable::new(routes.templates(), &state.metrics);
+    let router = routes
+        .into_router()
         .fallback(not_found)
-        .layer(ObserveLayer {
-            state: state.clone(),
-        })
-        .with_state(state)
+        .with_state(state.clone());
+    Observe {
+        router,
+        shared: Arc::new(Shared { state, table }),
+    }
 }
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::not_found("no route for this path").with("path", request.uri().path())
 }
 
-/// Wraps an endpoint in [`Observe`].
-#[derive(Debug, Clone)]
-struct ObserveLayer {
-    state: AppState,
+/// Which route template a path belongs to, with each template's metric series.
+#[derive(Debug)]
+struct RouteTable {
+    matcher: matchit::Router<usize>,
+    routes: Vec<RouteSeries>,
+    unmatched: RouteSeries,
 }
 
-impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
+impl RouteTable {
+    fn new(templates: &[&'static str], metrics: &Metrics) -> Self {
+        let mut matcher = matchit::Router::new();
+        for (index, template) in templates.iter().enumerate() {
+            matcher
+                .insert(*template, index)
+                .expect("axum accepted the same templates");
+        }
+        Self {
+            matcher,
+            routes: templates
+                .iter()
+                .map(|template| metrics.route_series(template))
+                .collect(),
+            unmatched: metrics.route_series("unmatched"),
+        }
+    }
 
-    fn layer(&self, inner: S) -> Observe<S> {
-        Observe {
-            inner,
-            state: self.state.clone(),
+    /// The route a path reaches, or `None` for the fallback.
+    fn find(&self, path: &str) -> Option<usize> {
+        self.matcher.at(path).ok().map(|found| *found.value)
+    }
+
+    fn series(&self, route: Option<usize>) -> &RouteSeries {
+        route.map_or(&self.unmatched, |index| &self.routes[index])
+    }
+}
+
+/// What every request's future needs, behind one reference count.
+#[derive(Debug)]
+struct Shared {
+    state: AppState,
+    table: RouteTable,
+}
+
+/// The middleware around the public router (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Observe {
+    router: Router,
+    shared: Arc<Shared>,
+}
+
+/// A hyper service rather than a tower one: hyper calls it by reference, so a request costs
+/// no clone of the middleware.
+impl<B> hyper::service::Service<http::Request<B>> for Observe
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ObserveFuture;
+
+    fn call(&self, request: http::Request<B>) -> ObserveFuture {
+        let request = request.map(Body::new);
+        let shared = &self.shared;
+        let route = shared.table.find(request.uri().path());
+        let seen = Seen {
+            started: Instant::now(),
+            in_flight: shared.state.metrics.in_flight(),
+            method: MethodLabel::of(request.method()),
+            route,
+            request_id: request_id(request.headers()),
+            uri: request.uri().clone(),
+        };
+        let state = &shared.state;
+        let stage = if let Some(refusal) = refuse_early(&request, state.config.body_limit) {
+            // The route's future is never made, so the body is never read.
+            Stage::Slow {
+                answer: Box::pin(std::future::ready(refusal.into_response())),
+            }
+        } else if state.faults.active() {
+            let is_probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+            let faults = state.faults.clone();
+            let routed = self.route(request);
+            let timed = with_timeout(state.config.request_timeout, seen.started, routed);
+            Stage::Slow {
+                answer: Box::pin(async move {
+                    match faults.roll(is_probe).await {
+                        Some(injected) => injected.into_response(),
+                        None => json_errors(timed.await).await,
+                    }
+                }),
+            }
+        } else {
+            Stage::Routed {
+                route: self.route(request),
+                deadline: None,
+            }
+        };
+        ObserveFuture {
+            shared: shared.clone(),
+            seen: Some(seen),
+            stage,
         }
     }
 }
 
-/// The middleware itself. Hand-written rather than `middleware::from_fn`: this runs on every
-/// request, and a plain service costs one allocation (the boxed future) where `from_fn` costs
-/// several (benchmarks in `bench/`).
-#[derive(Debug, Clone)]
-struct Observe<S> {
-    inner: S,
-    state: AppState,
-}
-
-impl<S> Service<Request> for Observe<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let seen = Seen {
-            started: Instant::now(),
-            in_flight: self.state.metrics.in_flight(),
-            method: method_label(request.method()),
-            route: route_label(request.extensions().get::<MatchedPath>()),
-            request_id: request_id(request.headers()),
-            uri: request.uri().clone(),
-        };
-        let refusal = refuse_early(&request, self.state.config.body_limit);
-        // Routes' futures own what they need; creating one does not run it, so a refused
-        // request is dropped unrun.
-        let route = self.inner.call(request);
-        let state = self.state.clone();
-        Box::pin(async move {
-            let response = match refusal {
-                Some(refusal) => refusal.into_response(),
-                None => answer(&state, &seen, route).await,
-            };
-            Ok(finish(&state, seen, json_errors(response).await))
-        })
+impl Observe {
+    fn route(&self, request: Request) -> RouteFuture<Infallible> {
+        // The router is always ready (axum documents it), so no `poll_ready` first.
+        self.router.clone().call(request)
     }
 }
 
@@ -121,48 +181,102 @@ where
 struct Seen {
     started: Instant,
     in_flight: InFlight,
-    method: &'static Arc<str>,
-    route: Arc<str>,
+    method: MethodLabel,
+    route: Option<usize>,
     request_id: HeaderValue,
     uri: Uri,
 }
 
-/// Runs the route under the fault switches and the request timeout.
-///
-/// Most routes answer on their first poll; only a route that has to wait gets a timer, so the
-/// hot path does not register and cancel one per request (bench/RESULTS.md). The deadline
-/// still counts from when the request arrived.
-async fn answer(
-    state: &AppState,
-    seen: &Seen,
-    route: impl Future<Output = Result<Response, Infallible>>,
+pin_project! {
+    /// The answer to one public request (see the module docs for its two paths).
+    pub struct ObserveFuture {
+        shared: Arc<Shared>,
+        seen: Option<Seen>,
+        #[pin]
+        stage: Stage,
+    }
+}
+
+pin_project! {
+    #[project = StageProj]
+    enum Stage {
+        /// The route runs; its timer is armed the first time it has to wait.
+        Routed {
+            #[pin]
+            route: RouteFuture<Infallible>,
+            deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        },
+        /// Faults, refusals and error bodies to rewrite: rare, so boxed.
+        Slow { answer: BoxFuture<'static, Response> },
+    }
+}
+
+impl Future for ObserveFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let state = &this.shared.state;
+        let response = loop {
+            match this.stage.as_mut().project() {
+                StageProj::Routed { route, deadline } => {
+                    let response = match route.poll(cx) {
+                        Poll::Ready(Ok(response)) => response,
+                        Poll::Ready(Err(never)) => match never {},
+                        Poll::Pending => {
+                            let request_timeout = state.config.request_timeout;
+                            let timer = deadline.get_or_insert_with(|| {
+                                let started = this
+                                    .seen
+                                    .as_ref()
+                                    .map_or_else(Instant::now, |seen| seen.started);
+                                let at = tokio::time::Instant::from_std(started) + request_timeout;
+                                Box::pin(tokio::time::sleep_until(at))
+                            });
+                            ready!(timer.as_mut().poll(cx));
+                            break timed_out(request_timeout);
+                        }
+                    };
+                    if is_json_or_success(&response) {
+                        break response;
+                    }
+                    this.stage.set(Stage::Slow {
+                        answer: Box::pin(json_errors(response)),
+                    });
+                }
+                StageProj::Slow { answer } => break ready!(answer.as_mut().poll(cx)),
+            }
+        };
+        let seen = this
+            .seen
+            .take()
+            .expect("an answered future is not polled again");
+        Poll::Ready(Ok(finish(this.shared, seen, response)))
+    }
+}
+
+fn timed_out(request_timeout: Duration) -> Response {
+    ApiError::unavailable("request timed out")
+        .with("timeout_ms", request_timeout.as_millis() as u64)
+        .into_response()
+}
+
+/// The route under the request timeout, for the slow path.
+async fn with_timeout(
+    request_timeout: Duration,
+    started: Instant,
+    route: RouteFuture<Infallible>,
 ) -> Response {
-    let is_probe = matches!(seen.uri.path(), "/healthz" | "/readyz");
-    if let Some(injected) = state.faults.roll(is_probe).await {
-        return injected.into_response();
-    }
-    let mut route = std::pin::pin!(route);
-    let first = std::future::poll_fn(|cx| Poll::Ready(route.as_mut().poll(cx))).await;
-    match first {
-        Poll::Ready(Ok(response)) => return response,
-        Poll::Ready(Err(never)) => match never {},
-        Poll::Pending => {}
-    }
-    let deadline = tokio::time::Instant::from_std(seen.started) + state.config.request_timeout;
+    let deadline = tokio::time::Instant::from_std(started) + request_timeout;
     match tokio::time::timeout_at(deadline, route).await {
         Ok(Ok(response)) => response,
         Ok(Err(never)) => match never {},
-        Err(_) => ApiError::unavailable("request timed out")
-            .with(
-                "timeout_ms",
-                state.config.request_timeout.as_millis() as u64,
-            )
-            .into_response(),
+        Err(_) => timed_out(request_timeout),
     }
 }
 
 /// Stamps the answer, records it, logs it.
-fn finish(state: &AppState, seen: Seen, mut response: Response) -> Response {
+fn finish(shared: &Shared, seen: Seen, mut response: Response) -> Response {
     let Seen {
         started,
         in_flight,
@@ -171,6 +285,7 @@ fn finish(state: &AppState, seen: Seen, mut response: Response) -> Response {
         request_id,
         uri,
     } = seen;
+    let state = &shared.state;
     let headers = response.headers_mut();
     headers.insert(X_SERVED_BY.clone(), state.served_by.clone());
     headers.insert(X_VERSION.clone(), HeaderValue::from_static(crate::VERSION));
@@ -178,88 +293,36 @@ fn finish(state: &AppState, seen: Seen, mut response: Response) -> Response {
 
     let elapsed = started.elapsed();
     let status = response.status();
+    let series = shared.table.series(route);
     state
         .metrics
-        .record_request(method, &route, status.as_u16(), elapsed);
+        .record_request(series, method, status.as_u16(), elapsed);
     drop(in_flight);
     let slow = elapsed >= state.config.slow_request;
     if state.config.access_log || status.is_server_error() || slow {
         let latency_ms = elapsed.as_micros() as f64 / 1000.0;
         let request_id = request_id.to_str().unwrap_or("");
+        macro_rules! access_log {
+            ($level:ident $(, $field:ident)*) => {
+                tracing::$level!(
+                    method = method.as_str(),
+                    route = series.route(),
+                    path = uri.path(),
+                    status = status.as_u16(),
+                    latency_ms,
+                    request_id,
+                    $($field,)*
+                    "request"
+                )
+            };
+        }
         if status.is_server_error() || slow {
-            tracing::warn!(
-                method = method.as_ref(),
-                route = route.as_ref(),
-                path = uri.path(),
-                status = status.as_u16(),
-                latency_ms,
-                request_id,
-                slow,
-                "request"
-            );
+            access_log!(warn, slow);
         } else {
-            tracing::info!(
-                method = method.as_ref(),
-                route = route.as_ref(),
-                path = uri.path(),
-                status = status.as_u16(),
-                latency_ms,
-                request_id,
-                "request"
-            );
+            access_log!(info);
         }
     }
     response
-}
-
-/// The route template as a metric label, interned: templates are few and fixed, so each is
-/// allocated once and shared by every request that matches it.
-fn route_label(matched: Option<&MatchedPath>) -> Arc<str> {
-    static ROUTES: LazyLock<RwLock<HashMap<Box<str>, Arc<str>>>> = LazyLock::new(Default::default);
-    let Some(template) = matched.map(MatchedPath::as_str) else {
-        return unmatched();
-    };
-    if let Some(label) = ROUTES
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .get(template)
-    {
-        return label.clone();
-    }
-    ROUTES
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .entry(template.into())
-        .or_insert_with(|| Arc::from(template))
-        .clone()
-}
-
-fn unmatched() -> Arc<str> {
-    static UNMATCHED: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    UNMATCHED.get_or_init(|| Arc::from("unmatched")).clone()
-}
-
-/// The method as a metric label; unknown methods share one label so clients cannot mint labels.
-fn method_label(method: &Method) -> &'static Arc<str> {
-    static LABELS: std::sync::OnceLock<[Arc<str>; 9]> = std::sync::OnceLock::new();
-    let labels = LABELS.get_or_init(|| {
-        [
-            "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "other",
-        ]
-        .map(Arc::from)
-    });
-    let index = match *method {
-        Method::GET => 0,
-        Method::HEAD => 1,
-        Method::POST => 2,
-        Method::PUT => 3,
-        Method::DELETE => 4,
-        Method::PATCH => 5,
-        Method::OPTIONS => 6,
-        Method::TRACE => 7,
-        _ => 8,
-    };
-    &labels[index]
 }
 
 /// The caller's request id when it is 1–128 visible ASCII characters, else a fresh one.
@@ -296,17 +359,23 @@ fn refuse_early(request: &Request, body_limit: usize) -> Option<ApiError> {
     }
 }
 
+/// Whether an answer can go out as it is: anything but an error, or an error that is JSON.
+fn is_json_or_success(response: &Response) -> bool {
+    let status = response.status();
+    !(status.is_client_error() || status.is_server_error())
+        || response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/json"))
+}
+
 /// Gives error answers that are not JSON yet (axum's 405 and extractor rejections) a JSON body,
 /// keeping their status and headers such as `Allow`.
 pub(crate) async fn json_errors(response: Response) -> Response {
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    if is_json_or_success(&response) {
         return response;
     }
+    let status = response.status();
     let (parts, body) = response.into_parts();
     let text = match http_body_util::Limited::new(body, 4096).collect().await {
         Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
@@ -365,6 +434,11 @@ impl Faults {
 
     pub fn latency(&self) -> Duration {
         Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
+    }
+
+    /// Whether any fault is switched on.
+    fn active(&self) -> bool {
+        self.error_rate.load(Ordering::Relaxed) != 0 || self.latency_us.load(Ordering::Relaxed) != 0
     }
 
     /// Applies the configured faults to one request: waits the added latency, then maybe

@@ -2,8 +2,8 @@
 //!
 //! We run our own accept loop on hyper instead of `axum::serve` because the listener-level
 //! defences need it:
-//! - a header read timeout (slowloris): hyper only enforces it with a timer installed, and
-//!   `axum::serve` installs none;
+//! - a header read timeout (slowloris), kept per connection by [`crate::watchdog`] (hyper's own
+//!   needs a timer per request, and `axum::serve` installs none);
 //! - a 32 KiB cap on the request head and hyper's 100-header cap (both answered 431);
 //! - a connection limit (a semaphore; connections over it are closed at once and counted);
 //! - graceful shutdown in the order [`crate::lifecycle`] describes.
@@ -11,15 +11,19 @@
 //! [`Server::bind`] takes a [`Config`] whose ports may be 0, so tests bind ephemeral ports and
 //! read them back; [`Server::run`] takes the shutdown future, so tests stop it themselves.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
+use axum::response::Response;
+use http::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::service::Service;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -29,6 +33,7 @@ use crate::api::AppState;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::watchdog::{self, Progress, Watched};
 
 /// Largest request head (request line + headers) accepted; more is answered 431.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -106,14 +111,14 @@ impl Server {
         ));
 
         let (stop_tx, stop_rx) = watch::channel(false);
+        // No hyper timer: its header timeout costs a timer per request; ours is per connection
+        // (crate::watchdog).
         let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(config.header_timeout)
-            .max_header_size(MAX_HEADER_BYTES)
-            .keep_alive(true);
+        http.max_header_size(MAX_HEADER_BYTES).keep_alive(true);
         let public_loop = tokio::spawn(accept_loop(
             public,
             crate::observe::public_app(state.clone()),
+            config.header_timeout,
             http.clone(),
             Some(Arc::new(Semaphore::new(config.max_connections))),
             state.metrics.clone(),
@@ -121,7 +126,8 @@ impl Server {
         ));
         let admin_loop = tokio::spawn(accept_loop(
             admin,
-            crate::admin::admin_app(state.clone()),
+            TowerToHyperService::new(crate::admin::admin_app(state.clone())),
+            config.header_timeout,
             http,
             None,
             state.metrics.clone(),
@@ -167,14 +173,20 @@ impl Server {
 
 /// Accepts connections until told to stop, then hands back the graceful-shutdown tracker of the
 /// connections it started.
-async fn accept_loop(
+async fn accept_loop<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
+    header_timeout: Duration,
     http: http1::Builder,
     limit: Option<Arc<Semaphore>>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
-) -> GracefulShutdown {
+) -> GracefulShutdown
+where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible>,
+    S: Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     let count_connections = limit.is_some();
     loop {
@@ -205,12 +217,21 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let open = count_connections.then(|| metrics.connection_opened());
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let progress = Arc::new(Progress::default());
+        let connection = http.serve_connection(
+            Watched::new(TokioIo::new(stream), progress.clone()),
+            Watched::new(app.clone(), progress.clone()),
+        );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            tokio::select! {
+                biased;
+                ended = connection => if let Err(err) = ended {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                },
+                () = watchdog::watch(progress, header_timeout) => {
+                    tracing::debug!(%peer, "no request within the header timeout; closing");
+                }
             }
             drop(open);
             drop(permit);

@@ -6,14 +6,14 @@
 //! gets the first result back, marked `idempotent-replayed: true`. Keys are remembered for
 //! [`IDEMPOTENCY_RETENTION`](crate::store::IDEMPOTENCY_RETENTION).
 
+use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use serde_json::json;
 
-use super::AppState;
+use super::{AppState, Routes};
 use crate::error::ApiError;
 
 /// The one counter these routes expose, by its name in the store.
@@ -28,8 +28,8 @@ pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
+pub(crate) fn routes() -> Routes {
+    Routes::default()
         .route("/api/counter", get(read))
         .route("/api/counter/increment", post(increment))
 }

@@ -8,19 +8,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::{AppState, read_body};
+use super::{AppState, Routes, read_body};
 use crate::error::ApiError;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
+pub(crate) fn routes() -> Routes {
+    Routes::default()
         .route("/status/{code}", get(status))
         .route("/delay/{duration}", get(delay))
         .route("/headers", get(headers))

@@ -1,24 +1,23 @@
 //! `GET /`: the seed's contract, `Hello World!` as text, for every client that does not ask
 //! for HTML; a browser gets the web page, which shows the same greeting.
 
-use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderValue, header};
 
-use super::AppState;
+use super::{AppState, Routes};
 
 pub const GREETING: &str = "Hello World!";
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/", get(hello))
+pub(crate) fn routes() -> Routes {
+    Routes::default().route("/", get(hello))
 }
 
 /// Takes the whole request rather than a `HeaderMap`: that extractor copies every header, and
 /// this is the hottest route (bench/RESULTS.md).
 async fn hello(State(state): State<AppState>, request: Request) -> Response {
-    let vary = (header::VARY, HeaderValue::from_static("accept"));
     if prefers_html(request.headers().get(header::ACCEPT)) {
         (
             [
@@ -31,7 +30,7 @@ async fn hello(State(state): State<AppState>, request: Request) -> Response {
                     HeaderValue::from_static(crate::web::CONTENT_SECURITY_POLICY),
                 ),
                 (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-                vary,
+                (header::VARY, HeaderValue::from_static("accept")),
             ],
             // Rendered with this replica's name: the page cannot read its own headers.
             crate::web::render_index(
@@ -42,18 +41,24 @@ async fn hello(State(state): State<AppState>, request: Request) -> Response {
         )
             .into_response()
     } else {
-        (
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                ),
-                vary,
-            ],
-            GREETING,
-        )
-            .into_response()
+        greeting()
     }
+}
+
+/// `Hello World!` as text, the answer nearly every request gets, built by hand: each header is
+/// inserted once, `Content-Length` is a constant rather than formatted, and the map has room
+/// for the headers [`crate::observe`] adds, so it never grows.
+fn greeting() -> Response {
+    let mut response = Response::new(Body::from(GREETING));
+    let headers = response.headers_mut();
+    headers.reserve(8);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+    headers.insert(header::VARY, HeaderValue::from_static("accept"));
+    response
 }
 
 /// True when `Accept` names HTML explicitly and ranks it at least as high as plain text
@@ -67,23 +72,23 @@ fn prefers_html(accept: Option<&HeaderValue>) -> bool {
     let mut text_specific = false;
     for item in accept.split(',') {
         let mut parts = item.split(';');
-        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = parts.next().unwrap_or("").trim();
         let quality = parts
             .filter_map(|param| param.trim().strip_prefix("q="))
             .find_map(|q| q.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
-        match media.as_str() {
-            "text/html" | "application/xhtml+xml" => html = html.max(quality),
-            "text/plain" => {
-                text = if text_specific {
-                    text.max(quality)
-                } else {
-                    quality
-                };
-                text_specific = true;
-            }
-            "text/*" | "*/*" if !text_specific => text = text.max(quality),
-            _ => {}
+        let is = |name: &str| media.eq_ignore_ascii_case(name);
+        if is("text/html") || is("application/xhtml+xml") {
+            html = html.max(quality);
+        } else if is("text/plain") {
+            text = if text_specific {
+                text.max(quality)
+            } else {
+                quality
+            };
+            text_specific = true;
+        } else if (is("text/*") || is("*/*")) && !text_specific {
+            text = text.max(quality);
         }
     }
     html > 0.0 && html >= text
@@ -98,6 +103,15 @@ mod tests {
     }
 
     #[test]
+    fn the_greeting_declares_its_own_length() {
+        let response = greeting();
+        assert_eq!(
+            response.headers()[header::CONTENT_LENGTH],
+            GREETING.len().to_string().as_str()
+        );
+    }
+
+    #[test]
     fn browsers_get_html_and_everyone_else_text() {
         assert!(html(
             "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
@@ -108,6 +122,8 @@ mod tests {
         assert!(!html("text/plain, text/html;q=0.5"));
         assert!(!html("application/json"));
         assert!(!html("text/html;q=0"));
+        assert!(html("TEXT/HTML"));
+        assert!(!html("Text/Plain, text/html;q=0.5"));
         assert!(!prefers_html(None));
     }
 }

@@ -1,17 +1,17 @@
 //! `/api/info` says which replica answered and what it runs — the point of a load-balanced
 //! hello world; `/version` is the short form.
 
+use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
 use http::header;
 use serde::Serialize;
 
-use super::AppState;
+use super::{AppState, Routes};
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
+pub(crate) fn routes() -> Routes {
+    Routes::default()
         .route("/api/info", get(info))
         .route("/version", get(version))
 }

@@ -13,15 +13,15 @@
 //! - `PUT` answers 201 when it created the key and 200 when it replaced a value; `DELETE` 204,
 //!   or 404 when there was nothing to delete.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde_json::json;
 
-use super::{AppState, read_body};
+use super::{AppState, Routes, read_body};
 use crate::error::ApiError;
 use crate::store::{Condition, Entry, StoreError, Version};
 
@@ -32,8 +32,8 @@ pub const MAX_KEY_LEN: usize = 256;
 /// `If-None-Match`) retries when the key changes between that read and the write.
 const PINNED_ATTEMPTS: usize = 3;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/api/kv/{key}", get(read).put(write).delete(remove))
+pub(crate) fn routes() -> Routes {
+    Routes::default().route("/api/kv/{key}", get(read).put(write).delete(remove))
 }
 
 async fn read(

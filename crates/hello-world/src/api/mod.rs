@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
+use axum::routing::MethodRouter;
 use http::HeaderValue;
 use http_body_util::BodyExt;
 
@@ -79,14 +80,45 @@ impl Deref for AppState {
 }
 
 /// Every public route, without the middleware (see [`crate::observe::public_app`]).
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .merge(hello::router())
-        .merge(probes::router())
-        .merge(info::router())
-        .merge(diagnostics::router())
-        .merge(counter::router())
-        .merge(kv::router())
+pub fn routes() -> Routes {
+    Routes::default()
+        .merge(hello::routes())
+        .merge(probes::routes())
+        .merge(info::routes())
+        .merge(diagnostics::routes())
+        .merge(counter::routes())
+        .merge(kv::routes())
+}
+
+/// Routes and their templates, built together so the labels [`crate::observe`] gives metrics
+/// and logs name exactly the routes axum serves.
+#[derive(Debug, Default)]
+pub struct Routes {
+    router: Router<AppState>,
+    templates: Vec<&'static str>,
+}
+
+impl Routes {
+    pub fn route(mut self, template: &'static str, endpoint: MethodRouter<AppState>) -> Self {
+        self.router = self.router.route(template, endpoint);
+        self.templates.push(template);
+        self
+    }
+
+    pub fn merge(mut self, other: Routes) -> Self {
+        self.router = self.router.merge(other.router);
+        self.templates.extend(other.templates);
+        self
+    }
+
+    /// Every route template, in the order the routes were added.
+    pub fn templates(&self) -> &[&'static str] {
+        &self.templates
+    }
+
+    pub fn into_router(self) -> Router<AppState> {
+        self.router
+    }
 }
 
 /// Reads a whole body, refusing more than `limit` bytes with 413.

@@ -2,18 +2,18 @@
 //! store outage never gets healthy replicas restarted); `/readyz` says whether this replica
 //! should receive traffic now (readiness: see [`crate::lifecycle::Readiness`]).
 
+use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
 use http::header;
 use serde_json::json;
 
-use super::AppState;
+use super::{AppState, Routes};
 use crate::error::ApiError;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
+pub(crate) fn routes() -> Routes {
+    Routes::default()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
 }

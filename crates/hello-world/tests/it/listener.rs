@@ -68,6 +68,76 @@ async fn a_silent_client_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_client_that_trickles_its_headers_is_cut_off() {
+    let app = spawn_app_with(|config| config.header_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(app.public).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    // One byte every 50 ms: bytes keep coming, a request head never does.
+    let started = Instant::now();
+    let mut cut_off = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if stream.write_all(b"a").await.is_err() {
+            cut_off = true;
+            break;
+        }
+        let mut probe = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut probe)).await
+        {
+            cut_off = true;
+            break;
+        }
+    }
+    let waited = started.elapsed();
+    assert!(cut_off, "still open after {waited:?} of trickling");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "cut off after {waited:?}, the header timeout is 300 ms"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let app = spawn_app_with(|config| config.header_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(app.public).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answered = Instant::now();
+    let response = read_until_close(&mut stream, Duration::from_secs(10)).await;
+    let waited = answered.elapsed();
+    assert!(response.ends_with("Hello World!"), "{response}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed {waited:?} after the answer, the header timeout is 300 ms"
+    );
+}
+
+#[tokio::test]
+async fn a_route_that_takes_longer_than_the_header_timeout_still_answers() {
+    let app = spawn_app_with(|config| config.header_timeout = Duration::from_millis(200)).await;
+    let mut stream = TcpStream::connect(app.public).await.expect("connect");
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /delay/700ms HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buffer = [0u8; 2048];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .expect("answered within 5 s")
+            .expect("read");
+        let response = String::from_utf8_lossy(&buffer[..read]);
+        assert_eq!(status_of(&response), Some(200), "{response}");
+    }
+}
+
+#[tokio::test]
 async fn a_header_section_over_32_kib_is_refused_with_431() {
     let app = spawn_app().await;
     let big = "a".repeat(33 * 1024);
