@@ -30,10 +30,7 @@ fn main() -> ExitCode {
                 eprintln!("hello-world: {err:#}");
                 return ExitCode::from(EXIT_BAD_CONFIG);
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match server_runtime() {
                 Ok(runtime) => runtime,
                 Err(err) => {
                     eprintln!("hello-world: cannot start the runtime: {err}");
@@ -85,6 +82,20 @@ fn main() -> ExitCode {
             runtime.block_on(hello_world::check::run(args))
         }
     }
+}
+
+/// The server's runtime: one thread per CPU the process may use. With one CPU (a process
+/// pinned to a core, or a container limited to less than two: `available_parallelism` reads
+/// both the affinity mask and the cgroup quota), a single-threaded runtime does the same work
+/// without the multi-threaded scheduler's cross-thread bookkeeping.
+fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
 }
 
 fn bad_config(err: &ConfigError) -> ExitCode {

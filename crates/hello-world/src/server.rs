@@ -33,7 +33,7 @@ use crate::api::AppState;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::watchdog::{self, Progress, Watched};
+use crate::watchdog::{self, Closing, Progress, Watched};
 
 /// Largest request head (request line + headers) accepted; more is answered 431.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -223,19 +223,20 @@ where
             Watched::new(app.clone(), progress.clone()),
         );
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            tokio::select! {
-                biased;
-                ended = connection => if let Err(err) = ended {
-                    tracing::debug!(%peer, error = %err, "connection ended with an error");
-                },
-                () = watchdog::watch(progress, header_timeout) => {
-                    tracing::debug!(%peer, "no request within the header timeout; closing");
-                }
+        let closing = Closing::new(progress.clone());
+        let task = tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
-            drop(open);
-            drop(permit);
+            drop((open, permit, closing));
+        });
+        let abort = task.abort_handle();
+        tokio::spawn(async move {
+            if watchdog::watch(progress, header_timeout, abort).await {
+                tracing::debug!(%peer, "no request within the header timeout; closed");
+            }
         });
     }
     graceful
 }
+

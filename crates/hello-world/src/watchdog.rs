@@ -4,8 +4,10 @@
 //! a keep-alive connection idle, must be cut off after `--header-timeout`. hyper can do this
 //! itself, but it allocates, registers and cancels a timer for every request (about 1,200
 //! instructions of the 17,700 a `GET /` cost before, counted with callgrind). Here each
-//! connection counts its progress instead, a counter bump, and one [`watch`] future per
-//! connection looks at the count every half timeout:
+//! connection counts its progress instead, a counter bump, and a [`watch`] task of its own
+//! looks at the count every half timeout and aborts the connection's task when it stalls. A
+//! separate task, not a second branch of the connection's: that would be polled on every wake
+//! of a busy connection.
 //!
 //! - progress is a request head parsed (the service was called) or bytes written to the client;
 //! - while a request is being handled (from the head until the route answers) the connection is
@@ -23,12 +25,14 @@ use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use pin_project_lite::pin_project;
+use tokio::task::AbortHandle;
 
 /// What one connection has done, written by its [`Watched`] wrappers, read by [`watch`].
 #[derive(Debug, Default)]
@@ -37,17 +41,65 @@ pub struct Progress {
     steps: AtomicU64,
     /// Requests called but not yet answered.
     in_hand: AtomicU64,
+    /// Set when the connection's task ends, which wakes the watchdog to end too.
+    closed: AtomicBool,
+    watchdog: AtomicWaker,
 }
 
 impl Progress {
     fn step(&self) {
         self.steps.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Resolves once the connection's task has ended.
+    async fn closed(&self) {
+        std::future::poll_fn(|cx| {
+            self.watchdog.register(cx.waker());
+            if self.closed.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
 }
 
-/// Resolves when the connection has made no progress for a header timeout (see the module
-/// docs); the caller then drops the connection, which closes it.
-pub async fn watch(progress: Arc<Progress>, header_timeout: Duration) {
+/// Held by a connection's task: when the task ends (or is aborted) its watchdog ends too.
+#[derive(Debug)]
+pub struct Closing(Arc<Progress>);
+
+impl Closing {
+    pub fn new(progress: Arc<Progress>) -> Self {
+        Self(progress)
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.watchdog.wake();
+    }
+}
+
+/// Watches one connection (see the module docs): returns at once when the connection ends,
+/// and aborts it when it makes no progress for a header timeout. Returns whether it aborted.
+pub async fn watch(
+    progress: Arc<Progress>,
+    header_timeout: Duration,
+    connection: AbortHandle,
+) -> bool {
+    tokio::select! {
+        () = progress.closed() => false,
+        () = stalled(&progress, header_timeout) => {
+            connection.abort();
+            true
+        }
+    }
+}
+
+/// Resolves when the connection has made no progress for a header timeout.
+async fn stalled(progress: &Progress, header_timeout: Duration) {
     let look_every = header_timeout / 2;
     let mut last = progress.steps.load(Ordering::Relaxed);
     let mut idle_looks = 0;
@@ -177,19 +229,48 @@ impl<T: Write + Unpin> Write for Watched<T> {
 mod tests {
     use super::*;
 
+    /// A stand-in for a connection's task, which only ends when aborted.
+    fn connection() -> tokio::task::JoinHandle<()> {
+        tokio::spawn(std::future::pending())
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_connection_without_progress_is_given_up_after_one_timeout() {
+    async fn a_connection_without_progress_is_aborted_after_one_timeout() {
         let progress = Arc::new(Progress::default());
+        let connection = connection();
         let started = tokio::time::Instant::now();
-        watch(progress, Duration::from_secs(10)).await;
+        assert!(watch(progress, Duration::from_secs(10), connection.abort_handle()).await);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert!(connection.await.expect_err("aborted").is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_ends_with_its_connection() {
+        let progress = Arc::new(Progress::default());
+        let connection = connection();
+        let watchdog = tokio::spawn(watch(
+            progress.clone(),
+            Duration::from_secs(10),
+            connection.abort_handle(),
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = tokio::time::Instant::now();
+        drop(Closing::new(progress));
+        assert!(!watchdog.await.expect("the watchdog does not panic"));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(!connection.is_finished());
     }
 
     #[tokio::test(start_paused = true)]
     async fn progress_and_requests_in_hand_keep_it_open() {
         let progress = Arc::new(Progress::default());
         let started = tokio::time::Instant::now();
-        let watchdog = tokio::spawn(watch(progress.clone(), Duration::from_secs(10)));
+        let connection = connection();
+        let watchdog = tokio::spawn(watch(
+            progress.clone(),
+            Duration::from_secs(10),
+            connection.abort_handle(),
+        ));
         // A step every 7 s for a minute keeps it open.
         for _ in 0..9 {
             tokio::time::sleep(Duration::from_secs(7)).await;
@@ -206,7 +287,7 @@ mod tests {
         assert!(!watchdog.is_finished());
         drop(guard);
         let answered = tokio::time::Instant::now();
-        watchdog.await.expect("the watchdog does not panic");
+        assert!(watchdog.await.expect("the watchdog does not panic"));
         let idle = answered.elapsed();
         assert!(
             idle >= Duration::from_secs(10) && idle <= Duration::from_secs(15),
