@@ -166,7 +166,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HELLO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
 
-    /// Log filter, in `tracing` directive syntax (`info`, `hello_world=debug`).
+    /// Log filter: a level, or comma-separated `target=level` directives (`warn,hello_world=debug`).
     #[arg(long, env = "HELLO_LOG", default_value = "info")]
     pub log: String,
 
