@@ -129,8 +129,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HELLO_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub shutdown_timeout: Duration,
 
-    /// A client must send a whole request head within this time (slowloris defence); it is also
-    /// how long an idle keep-alive connection is kept.
+    /// A connection that makes no progress for this long is closed: a client that does not send
+    /// a whole request head (slowloris), an idle keep-alive connection, a client that stops
+    /// reading its answer. Closed one to one and a half of it after the last progress.
     #[arg(long, env = "HELLO_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
 
@@ -252,6 +253,13 @@ impl ServeArgs {
                 "--instance-name",
                 "HELLO_INSTANCE_NAME",
                 "must be printable ASCII (it is sent as a header)",
+            ));
+        }
+        if self.header_timeout < MIN_HEADER_TIMEOUT {
+            return Err(ConfigError::new(
+                "--header-timeout",
+                "HELLO_HEADER_TIMEOUT",
+                "must be at least 10ms",
             ));
         }
         if self.max_connections == 0 {
@@ -384,6 +392,9 @@ fn env_of_flag(flag: &str) -> Option<String> {
 }
 
 /// Parses `250ms`, `2s`, `1m30s`; a bare number means seconds.
+/// Shortest header timeout accepted: a connection has to get a request in at all.
+const MIN_HEADER_TIMEOUT: Duration = Duration::from_millis(10);
+
 pub fn duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<u64>() {
@@ -466,6 +477,22 @@ mod tests {
         let config_error = ConfigError::from_clap(&err).expect("a value error");
         assert_eq!(config_error.setting, "--drain-delay / HELLO_DRAIN_DELAY");
         assert!(config_error.message.contains("soon"), "{config_error}");
+    }
+
+    #[test]
+    fn a_header_timeout_too_short_to_get_a_request_in_is_refused() {
+        let serve = |timeout: &str| {
+            let cli = Cli::try_parse_from(["hello-world", "serve", "--header-timeout", timeout])
+                .expect("a duration");
+            let Command::Serve(args) = cli.command else {
+                panic!("serve is the subcommand");
+            };
+            args.resolve()
+        };
+        let err = serve("0").expect_err("zero is refused");
+        assert_eq!(err.setting, "--header-timeout / HELLO_HEADER_TIMEOUT");
+        assert!(serve("5ms").is_err());
+        assert!(serve("10ms").is_ok());
     }
 
     #[test]

@@ -114,8 +114,8 @@ pub struct Observe {
     shared: Arc<Shared>,
 }
 
-/// A hyper service rather than a tower one: hyper calls it by reference, so a request costs
-/// no clone of the middleware.
+/// A hyper service rather than a tower one: hyper calls it by reference, so a request clones
+/// nothing but the router's reference count.
 impl<B> hyper::service::Service<http::Request<B>> for Observe
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -229,7 +229,8 @@ impl Future for ObserveFuture {
                                 let started = this
                                     .seen
                                     .as_ref()
-                                    .map_or_else(Instant::now, |seen| seen.started);
+                                    .expect("the request is seen until it is answered")
+                                    .started;
                                 let at = tokio::time::Instant::from_std(started) + request_timeout;
                                 Box::pin(tokio::time::sleep_until(at))
                             });

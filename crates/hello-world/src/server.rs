@@ -236,7 +236,7 @@ where
         let abort = task.abort_handle();
         tokio::spawn(async move {
             if watchdog::watch(progress, header_timeout, abort).await {
-                tracing::debug!(%peer, "no request within the header timeout; closed");
+                tracing::debug!(%peer, "no progress within the header timeout; closed");
             }
         });
     }

@@ -39,12 +39,17 @@ use tokio::task::AbortHandle;
 pub struct Progress {
     /// Bumped on every request head and every write that moved bytes.
     steps: AtomicU64,
-    /// Requests called but not yet answered.
+    /// Requests called but not yet answered, plus [`CLOSING`] once the watchdog has decided
+    /// to close: deciding and refusing new requests are one atomic step, so no request can
+    /// slip in between the decision and the abort.
     in_hand: AtomicU64,
     /// Set when the connection's task ends, which wakes the watchdog to end too.
     closed: AtomicBool,
     watchdog: AtomicWaker,
 }
+
+/// Set in [`Progress::in_hand`] when the connection is being closed.
+const CLOSING: u64 = 1 << 63;
 
 impl Progress {
     fn step(&self) {
@@ -106,14 +111,22 @@ async fn stalled(progress: &Progress, header_timeout: Duration) {
     loop {
         tokio::time::sleep(look_every).await;
         let now = progress.steps.load(Ordering::Relaxed);
-        if now != last || progress.in_hand.load(Ordering::Relaxed) > 0 {
+        if now != last || progress.in_hand.load(Ordering::Acquire) != 0 {
             last = now;
             idle_looks = 0;
             continue;
         }
         idle_looks += 1;
         if idle_looks == 2 {
-            return;
+            let nothing_in_hand =
+                progress
+                    .in_hand
+                    .compare_exchange(0, CLOSING, Ordering::AcqRel, Ordering::Acquire);
+            if nothing_in_hand.is_ok() {
+                return;
+            }
+            // A request arrived just now: it is progress.
+            idle_looks = 0;
         }
     }
 }
@@ -141,10 +154,14 @@ where
 
     fn call(&self, request: R) -> Self::Future {
         self.progress.step();
-        self.progress.in_hand.fetch_add(1, Ordering::Relaxed);
+        let before = self.progress.in_hand.fetch_add(1, Ordering::AcqRel);
+        let guard = InHand(self.progress.clone());
+        // Once the watchdog has decided to close, the abort is on its way: a request that
+        // arrives now is never started, so it cannot be cut off halfway through.
+        let closing = before & CLOSING != 0;
         Answering {
-            inner: self.inner.call(request),
-            guard: InHand(self.progress.clone()),
+            inner: (!closing).then(|| self.inner.call(request)),
+            guard,
         }
     }
 }
@@ -161,10 +178,11 @@ impl Drop for InHand {
 }
 
 pin_project! {
-    /// A request being answered: the connection is not idle meanwhile.
+    /// A request being answered: the connection is not idle meanwhile. `None` for a request
+    /// that arrived as the connection was being closed: it waits for the abort.
     pub struct Answering<F> {
         #[pin]
-        inner: F,
+        inner: Option<F>,
         guard: InHand,
     }
 }
@@ -173,7 +191,10 @@ impl<F: Future> Future for Answering<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.project().inner.poll(cx)
+        match self.project().inner.as_pin_mut() {
+            Some(inner) => inner.poll(cx),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -228,6 +249,7 @@ impl<T: Write + Unpin> Write for Watched<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::service::Service;
 
     /// A stand-in for a connection's task, which only ends when aborted.
     fn connection() -> tokio::task::JoinHandle<()> {
@@ -261,6 +283,47 @@ mod tests {
         assert!(!connection.is_finished());
     }
 
+    /// A service that counts its calls.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<AtomicU64>);
+
+    impl hyper::service::Service<()> for Counting {
+        type Response = ();
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<(), std::convert::Infallible>>;
+
+        fn call(&self, (): ()) -> Self::Future {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_arrives_as_the_connection_closes_is_never_started() {
+        let progress = Arc::new(Progress::default());
+        let connection = connection();
+        let service = Watched::new(Counting::default(), progress.clone());
+        let calls = service.inner.0.clone();
+        service.call(()).await.expect("answered");
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(
+            watch(
+                progress.clone(),
+                Duration::from_secs(10),
+                connection.abort_handle()
+            )
+            .await
+        );
+        let late = service.call(());
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "the late request ran");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), late)
+                .await
+                .is_err(),
+            "the late request was answered"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn progress_and_requests_in_hand_keep_it_open() {
         let progress = Arc::new(Progress::default());
@@ -278,14 +341,11 @@ mod tests {
         }
         assert!(!watchdog.is_finished());
         // A request in hand for a minute keeps it open too.
-        let guard = {
-            progress.step();
-            progress.in_hand.fetch_add(1, Ordering::Relaxed);
-            InHand(progress.clone())
-        };
+        let service = Watched::new(Counting::default(), progress.clone());
+        let in_hand = service.call(());
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(!watchdog.is_finished());
-        drop(guard);
+        drop(in_hand);
         let answered = tokio::time::Instant::now();
         assert!(watchdog.await.expect("the watchdog does not panic"));
         let idle = answered.elapsed();

@@ -99,15 +99,22 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// Adds `endpoint` at `template`; as with axum, methods added to a template twice merge.
     pub fn route(mut self, template: &'static str, endpoint: MethodRouter<AppState>) -> Self {
         self.router = self.router.route(template, endpoint);
-        self.templates.push(template);
+        if !self.templates.contains(&template) {
+            self.templates.push(template);
+        }
         self
     }
 
     pub fn merge(mut self, other: Routes) -> Self {
         self.router = self.router.merge(other.router);
-        self.templates.extend(other.templates);
+        for template in other.templates {
+            if !self.templates.contains(&template) {
+                self.templates.push(template);
+            }
+        }
         self
     }
 

@@ -119,6 +119,46 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_its_answer_is_cut_off() {
+    const BODY: usize = 16 * 1024 * 1024;
+    let app = spawn_app_with(|config| {
+        config.header_timeout = Duration::from_millis(300);
+        config.body_limit = BODY;
+    })
+    .await;
+    // A small receive window, so most of the answer cannot wait in socket buffers.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut stream = socket.connect(app.public).await.expect("connect");
+    let head = format!("POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("write the head");
+    stream
+        .write_all(&vec![b'a'; BODY])
+        .await
+        .expect("the server reads the whole body");
+    // Stop reading while the 16 MiB answer is being written, well past the header timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut received = 0usize;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+            Err(_) => panic!("the connection was neither closed nor finished"),
+        }
+    }
+    assert!(
+        received < BODY,
+        "the whole answer arrived ({received} bytes): the stalled reader was not cut off"
+    );
+}
+
+#[tokio::test]
 async fn a_route_that_takes_longer_than_the_header_timeout_still_answers() {
     let app = spawn_app_with(|config| config.header_timeout = Duration::from_millis(200)).await;
     let mut stream = TcpStream::connect(app.public).await.expect("connect");
