@@ -48,9 +48,15 @@ pub(crate) fn unavailable() -> Option<String> {
 }
 
 pub(crate) fn run(plan: &Plan, direct: &Spec, logs: &std::path::Path) -> Result<StackResult> {
-    let was_up = docker(&["stack", "ls", "--format", "{{.Name}}"])
-        .map(|s| s.lines().any(|l| l.trim() == "hello-world"))
-        .context("asking docker which stacks run")?;
+    // An engine outside any Swarm runs no stack (and cannot list them): `stack up` joins it.
+    let in_swarm = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
+        .context("asking docker whether it is in a Swarm")?
+        .trim()
+        == "active";
+    let was_up = in_swarm
+        && docker(&["stack", "ls", "--format", "{{.Name}}"])
+            .map(|s| s.lines().any(|l| l.trim() == "hello-world"))
+            .context("asking docker which stacks run")?;
     // A stack someone else brought up may be under test right now: scaling it or loading it
     // would break their run, so the bench measures only a stack it brings up (and down) itself.
     if was_up {
