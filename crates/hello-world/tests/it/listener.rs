@@ -30,18 +30,22 @@ async fn read_until_close(stream: &mut TcpStream, within: Duration) -> String {
     String::from_utf8_lossy(&received).into_owned()
 }
 
+/// A server with a 300 ms header timeout, and a connection to it that has sent `start`.
+async fn connect_with_header_timeout_300ms(start: &[u8]) -> (crate::helpers::TestApp, TcpStream) {
+    let app = spawn_app_with(|config| config.header_timeout = Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(app.public).await.expect("connect");
+    stream.write_all(start).await.expect("write");
+    (app, stream)
+}
+
 fn status_of(response: &str) -> Option<u16> {
     response.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
-    let app = spawn_app_with(|config| config.header_timeout = Duration::from_millis(300)).await;
-    let mut stream = TcpStream::connect(app.public).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        .await
-        .expect("write");
+    let (_app, mut stream) =
+        connect_with_header_timeout_300ms(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
     let started = Instant::now();
     let response = read_until_close(&mut stream, Duration::from_secs(10)).await;
     let waited = started.elapsed();
@@ -57,8 +61,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 
 #[tokio::test]
 async fn a_silent_client_is_cut_off() {
-    let app = spawn_app_with(|config| config.header_timeout = Duration::from_millis(300)).await;
-    let mut stream = TcpStream::connect(app.public).await.expect("connect");
+    let (_app, mut stream) = connect_with_header_timeout_300ms(b"").await;
     let started = Instant::now();
     read_until_close(&mut stream, Duration::from_secs(10)).await;
     assert!(
@@ -69,12 +72,8 @@ async fn a_silent_client_is_cut_off() {
 
 #[tokio::test]
 async fn a_client_that_trickles_its_headers_is_cut_off() {
-    let app = spawn_app_with(|config| config.header_timeout = Duration::from_millis(300)).await;
-    let mut stream = TcpStream::connect(app.public).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        .await
-        .expect("write");
+    let (_app, mut stream) =
+        connect_with_header_timeout_300ms(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
     // One byte every 50 ms: bytes keep coming, a request head never does.
     let started = Instant::now();
     let mut cut_off = false;
@@ -102,12 +101,8 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
-    let app = spawn_app_with(|config| config.header_timeout = Duration::from_millis(300)).await;
-    let mut stream = TcpStream::connect(app.public).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
+    let (_app, mut stream) =
+        connect_with_header_timeout_300ms(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let answered = Instant::now();
     let response = read_until_close(&mut stream, Duration::from_secs(10)).await;
     let waited = answered.elapsed();
