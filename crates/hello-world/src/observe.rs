@@ -14,10 +14,10 @@
 //! table built from the same list axum routes with ([`api::Routes`]): wrapping each route
 //! instead (`Router::layer`) would box and clone every request through two more services.
 //!
-//! This runs on every request, so the common case allocates nothing of its own: a route that
-//! answers on its first poll with a success or a JSON error is finished in place. Anything
-//! else (faults switched on, a refusal, an error body to rewrite) takes a boxed slow path, and
-//! the request timer is armed only for a route that has to wait (bench/RESULTS.md).
+//! This runs on every request, so the common case allocates nothing but a fresh request id: a
+//! route that answers on its first poll with a success or a JSON error is finished in place,
+//! without boxing. Anything else (faults switched on, a refusal, an error body to rewrite)
+//! takes a boxed slow path, and the request timer is armed only for a route that has to wait.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -244,9 +244,9 @@ where
 }
 
 /// A connection's socket, writing a small answer's pieces (head and body) with one `write`
-/// instead of a `writev`: the kernel sends one contiguous buffer measurably cheaper
-/// (bench/RESULTS.md), and copying a few hundred bytes costs less than the difference. Large
-/// bodies still go out vectored, uncopied.
+/// instead of a `writev`: the kernel sends one contiguous buffer measurably cheaper (0.15 µs of
+/// server CPU per `GET /`, from `/proc` around `wrk -c64`), and copying a few hundred bytes
+/// costs less than the difference. Large bodies still go out vectored, uncopied.
 #[derive(Debug)]
 struct Coalesced<T>(T);
 
