@@ -15,8 +15,9 @@
 //! instead (`Router::layer`) would box and clone every request through two more services.
 //!
 //! This runs on every request, so the common case allocates nothing but a fresh request id: a
-//! route that answers on its first poll with a success or a JSON error is finished in place,
-//! without boxing. Anything else (faults switched on, a refusal, an error body to rewrite)
+//! route with a direct answer ([`api::Direct`]: `GET /`, the probes) is answered here without
+//! the router, and a route that answers on its first poll with a success or a JSON error is
+//! finished in place, without boxing. Anything else (faults switched on, a refusal, an error body to rewrite)
 //! takes a boxed slow path, and the request timer is armed only for a route that has to wait.
 
 use std::convert::Infallible;
@@ -33,12 +34,12 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Direct};
 use crate::error::ApiError;
 use crate::metrics::{InFlight, MethodLabel, Metrics, RouteSeries};
 
@@ -49,7 +50,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The public application: routes, fallback and middleware, ready to serve.
 pub fn public_app(state: AppState) -> Observe {
     let routes = api::routes();
-    let table = RouteTable::new(routes.templates(), &state.metrics);
+    let table = RouteTable::new(&routes, &state.metrics);
     let router = routes
         .into_router()
         .fallback(not_found)
@@ -64,28 +65,32 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::not_found("no route for this path").with("path", request.uri().path())
 }
 
-/// Which route template a path belongs to, with each template's metric series.
+/// Which route template a path belongs to, with each template's metric series and direct
+/// answer.
 #[derive(Debug)]
 struct RouteTable {
     matcher: matchit::Router<usize>,
     routes: Vec<RouteSeries>,
+    direct: Vec<Option<Direct>>,
     unmatched: RouteSeries,
 }
 
 impl RouteTable {
-    fn new(templates: &[&'static str], metrics: &Metrics) -> Self {
+    fn new(routes: &api::Routes, metrics: &Metrics) -> Self {
         let mut matcher = matchit::Router::new();
-        for (index, template) in templates.iter().enumerate() {
+        let mut series = Vec::new();
+        let mut direct = Vec::new();
+        for (index, (template, answer)) in routes.templates().enumerate() {
             matcher
-                .insert(*template, index)
+                .insert(template, index)
                 .expect("axum accepted the same templates");
+            series.push(metrics.route_series(template));
+            direct.push(answer);
         }
         Self {
             matcher,
-            routes: templates
-                .iter()
-                .map(|template| metrics.route_series(template))
-                .collect(),
+            routes: series,
+            direct,
             unmatched: metrics.route_series("unmatched"),
         }
     }
@@ -97,6 +102,14 @@ impl RouteTable {
 
     fn series(&self, route: Option<usize>) -> &RouteSeries {
         route.map_or(&self.unmatched, |index| &self.routes[index])
+    }
+
+    /// The route's direct answer to `method`, if it has one (`GET` and `HEAD` only).
+    fn direct(&self, route: Option<usize>, method: &Method) -> Option<Direct> {
+        if method != Method::GET && method != Method::HEAD {
+            return None;
+        }
+        self.direct[route?]
     }
 }
 
@@ -156,6 +169,15 @@ where
                     }
                 }),
             }
+        } else if let Some(answer) = shared.table.direct(route, request.method()) {
+            let mut response = answer(state, &request);
+            if request.method() == Method::HEAD {
+                // As axum does for HEAD: the headers of a GET, `Content-Length` included.
+                *response.body_mut() = Body::empty();
+            }
+            Stage::Answered {
+                response: Some(response),
+            }
         } else {
             Stage::Routed {
                 route: self.route(request),
@@ -200,6 +222,8 @@ pin_project! {
 pin_project! {
     #[project = StageProj]
     enum Stage {
+        /// A direct answer ([`api::Direct`]), made when the request came.
+        Answered { response: Option<Response> },
         /// The route runs; its timer is armed the first time it has to wait.
         Routed {
             #[pin]
@@ -219,6 +243,15 @@ impl Future for ObserveFuture {
         let state = &this.shared.state;
         let response = loop {
             match this.stage.as_mut().project() {
+                StageProj::Answered { response } => {
+                    let response = response.take().expect("an answer is taken once");
+                    if is_json_or_success(&response) {
+                        break response;
+                    }
+                    this.stage.set(Stage::Slow {
+                        answer: Box::pin(json_errors(response)),
+                    });
+                }
                 StageProj::Routed { route, deadline } => {
                     let response = match route.poll(cx) {
                         Poll::Ready(Ok(response)) => response,

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::{Method, StatusCode};
 
-use crate::helpers::{send, spawn_app};
+use crate::helpers::{Answer, TestApp, send, spawn_app};
 
 #[tokio::test]
 async fn root_says_hello_world_as_plain_text_to_non_browsers() {
@@ -28,7 +28,80 @@ async fn head_of_root_answers_headers_without_a_body() {
     let answer = send(Method::HEAD, &app.public_url(), &[], Bytes::new()).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.header("content-type"), "text/plain; charset=utf-8");
+    assert_eq!(
+        answer.header("content-length"),
+        "12",
+        "the length a GET gets"
+    );
     assert!(answer.body.is_empty());
+}
+
+/// `/`, `/healthz` and `/readyz` are answered without the router (`api::Direct`), except when
+/// faults are switched on: then they take the router like every route. Both ways must agree.
+#[tokio::test]
+async fn direct_answers_match_the_routers() {
+    let app = spawn_app().await;
+    let browser = [("accept", "text/html")];
+    let asks: [Ask; 5] = [
+        (Method::GET, "/", &[]),
+        (Method::GET, "/", &browser),
+        (Method::HEAD, "/", &[]),
+        (Method::GET, "/healthz", &[]),
+        (Method::GET, "/readyz", &[]),
+    ];
+    let direct = ask_all(&app, &asks).await;
+    // A latency fault of 1 ms is the smallest switch that sends every request through the router.
+    let set = app
+        .admin(
+            Method::PUT,
+            "/faults",
+            r#"{"error_rate": 0, "latency": "1ms"}"#,
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text());
+    let routed = ask_all(&app, &asks).await;
+    for (direct, routed) in direct.iter().zip(&routed) {
+        assert_eq!(direct.status, routed.status);
+        let names = |answer: &Answer| {
+            let mut names: Vec<String> = answer.headers.keys().map(|n| n.to_string()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(direct), names(routed));
+        for name in [
+            "content-type",
+            "content-length",
+            "cache-control",
+            "vary",
+            "allow",
+        ] {
+            assert_eq!(direct.headers.get(name), routed.headers.get(name), "{name}");
+        }
+        if direct.header("content-type").starts_with("text/html") {
+            // The page shows the uptime in seconds, which may tick between the two.
+            assert!(routed.text().contains("Hello World!"));
+        } else {
+            assert_eq!(direct.body, routed.body);
+        }
+    }
+    assert_eq!(direct[5].status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(direct[5].json()["error"], "not ready");
+}
+
+/// A method, a path and request headers.
+type Ask<'a> = (Method, &'a str, &'a [(&'a str, &'a str)]);
+
+/// Each of `asks`, then `/readyz` while readiness is switched off.
+async fn ask_all(app: &TestApp, asks: &[Ask<'_>]) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    for (method, path, headers) in asks {
+        let url = format!("{}{path}", app.public_url());
+        answers.push(send(method.clone(), &url, headers, Bytes::new()).await);
+    }
+    app.admin(Method::POST, "/readyz/disable", "").await;
+    answers.push(app.get("/readyz").await);
+    app.admin(Method::POST, "/readyz/enable", "").await;
+    answers
 }
 
 #[tokio::test]
