@@ -19,7 +19,7 @@ mod procfs;
 mod profile;
 mod redis;
 mod report;
-mod servers;
+pub(crate) mod servers;
 mod stack;
 
 use std::{fs, thread, time::Duration};

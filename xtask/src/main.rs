@@ -8,6 +8,7 @@
 //! | `cargo xtask stack up\|down` | the Docker Swarm stack: 3 replicas behind HAProxy, with Redis |
 //! | `cargo xtask e2e` | the end-to-end proofs on Swarm; writes `e2e/RESULTS.md` |
 //! | `cargo xtask bench [--quick] [--only NAME]` | ours vs Flask, gunicorn, Go and nginx; writes `bench/RESULTS.md` and charts |
+//! | `cargo xtask layout` | record which functions a start runs, for the linker's code layout (`crates/hello-world/layout/`) |
 //!
 //! Each command lives in its own module; this file only dispatches.
 
@@ -17,6 +18,7 @@ mod bench;
 mod ci;
 mod e2e;
 mod image;
+mod layout;
 mod manifests;
 mod stack;
 
@@ -29,6 +31,7 @@ commands:
   stack     up | down [--volumes]: run the Swarm stack on this machine
   e2e       prove balancing, failover, updates, scaling and consistency on Swarm
   bench     measure ours against the references; writes bench/RESULTS.md [--quick] [--only NAME]
+  layout    record the functions a start runs (needs valgrind); rewrites crates/hello-world/layout/
 ";
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         "stack" => stack::run(rest),
         "e2e" => e2e::run(rest),
         "bench" => bench::run(rest),
+        "layout" => layout::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

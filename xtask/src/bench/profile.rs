@@ -25,10 +25,12 @@ pub(crate) fn build_binary(sh: &Shell, log: &mut Vec<String>) -> Result<PathBuf>
     let dir = servers::work_dir().join("profiling-target");
     sh.change_dir(crate::project_root());
     let _env = sh.push_env("CARGO_TARGET_DIR", &dir);
-    let _strip = sh.push_env("CARGO_PROFILE_RELEASE_STRIP", "none");
+    // Through RUSTFLAGS rather than the profile, so the symbol names, and with them the code
+    // layout (crates/hello-world/build.rs), are those of the measured build.
+    let _strip = sh.push_env("RUSTFLAGS", "-C strip=none");
     cmd!(sh, "cargo build --release --locked -p hello-world").run()?;
     log.push(format!(
-        "CARGO_TARGET_DIR={} CARGO_PROFILE_RELEASE_STRIP=none cargo build --release --locked -p hello-world   # symbols kept, for perf",
+        "CARGO_TARGET_DIR={} RUSTFLAGS='-C strip=none' cargo build --release --locked -p hello-world   # symbols kept, for perf",
         servers::display_path(&dir)
     ));
     Ok(dir.join("release/hello-world"))

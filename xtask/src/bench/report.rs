@@ -507,9 +507,9 @@ fn targets(w: &mut String, r: &Results, rows: &[Row]) {
                         "Of it, {} MiB are file-backed pages (the mapped binary and its libraries{}) and {} MiB anonymous memory{}.",
                         mib(x.idle_file_kib),
                         if build == "ours-glibc" {
-                            ": a dynamically linked build maps glibc, libm, libgcc_s and the loader besides itself, pages every process on the host shares; the image's static musl build maps only itself"
+                            ": a dynamically linked build maps glibc, libm, libgcc_s and the loader besides itself, pages every process on the host shares; the image's static musl build maps only itself. The kernel maps file pages 64 KiB around each page touched (fault-around), so what counts is how many 64 KiB spans a start touches; the functions a start runs are linked together (crates/hello-world/layout/, `cargo xtask layout`), and a stale order file, after code or dependency changes, shows here first"
                         } else {
-                            ": the static binary's own code and data, faulted in 64 KiB at a time by the kernel's fault-around, so most of a binary this size is resident once startup has run through it"
+                            ": the static binary's own code and data. The kernel maps file pages 64 KiB around each page touched (fault-around), so what counts is how many 64 KiB spans a start touches: `.rodata` (325 KiB of merged constants, which the linker cannot reorder) is touched throughout, and the functions a start runs are linked together (crates/hello-world/layout/, `cargo xtask layout`); a stale order file, after code or dependency changes, shows here first"
                         },
                         mib(x.idle_anon_kib),
                         if x.idle_thp_kib > 0.0 {
