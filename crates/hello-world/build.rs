@@ -3,10 +3,10 @@
 //!
 //! Why: the kernel maps a program's file pages 64 KiB at a time around each page it touches
 //! (fault-around), so code that a start touches here and there across the binary ends up
-//! resident nearly whole. Packed together, the binary keeps about half the pages resident, which is
-//! most of the idle RSS (bench/RESULTS.md). The order only moves functions: what runs is the
-//! same, and a function missing from the file (new or renamed since it was written) is simply
-//! placed after the others.
+//! resident nearly whole. Packed together, half as many of the binary's pages stay resident, and
+//! those are most of the idle RSS (bench/RESULTS.md). The order only moves functions: what runs
+//! is the same, and a function missing from the file (new or renamed since it was written) is
+//! simply placed after the others.
 //!
 //! Both targets link with the LLD that ships with the Rust toolchain, which reads the order
 //! file; it is already the default linker for x86_64 glibc builds. The static musl build also
