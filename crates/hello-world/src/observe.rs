@@ -17,8 +17,9 @@
 //! This runs on every request, so the common case allocates nothing but a fresh request id: a
 //! route with a direct answer ([`api::Direct`]: `GET /`, the probes) is answered here without
 //! the router, and a route that answers on its first poll with a success or a JSON error is
-//! finished in place, without boxing. Anything else (faults switched on, a refusal, an error body to rewrite)
-//! takes a boxed slow path, and the request timer is armed only for a route that has to wait.
+//! finished in place, without boxing. Anything else (faults switched on, a refusal, an error
+//! body to rewrite) takes a boxed slow path, and the request timer is armed only for a route
+//! that has to wait.
 
 use std::convert::Infallible;
 use std::future::Future;
