@@ -171,13 +171,9 @@ where
                 }),
             }
         } else if let Some(answer) = shared.table.direct(route, request.method()) {
-            let mut response = answer(state, &request);
-            if request.method() == Method::HEAD {
-                // As axum does for HEAD: the headers of a GET, `Content-Length` included.
-                *response.body_mut() = Body::empty();
-            }
+            // For HEAD too: hyper sends the headers of the GET and leaves the body out.
             Stage::Answered {
-                response: Some(response),
+                response: Some(answer(state, &request)),
             }
         } else {
             Stage::Routed {
