@@ -29,7 +29,7 @@ const SMALL_ARENA_KIB: std::ffi::c_long = 64 * 1024;
 
 /// Has mimalloc reserve address space 64 MiB at a time instead of its default 1 GiB. An arena
 /// keeps bitmaps sized by its reservation and clears them when it is made: 150 KiB of written
-/// memory for 1 GiB, a third of an idle server's anonymous RSS (bench/RESULTS.md), for an arena
+/// memory for 1 GiB, a fifth of an idle server's anonymous RSS (bench/RESULTS.md), for an arena
 /// this server never fills. Larger needs get more arenas as they come.
 ///
 /// It runs as the binary loads ([`RESERVE_SMALL_ARENAS`]): the first arena is made by the first

@@ -167,3 +167,29 @@ fn access_log_off_still_logs_server_errors() {
     assert!(!logs.contains("quiet"), "{logs}");
     assert!(logs.contains("loud"), "{logs}");
 }
+
+/// The allocator reserves address space 64 MiB at a time (`allocator.rs`), set as the binary
+/// loads: mimalloc's default makes a 1 GiB arena, whose bitmaps alone are 150 KiB of idle RSS.
+#[test]
+fn the_allocator_reserves_no_gigabyte_arena() {
+    let mut process = Process::serve(&[], &[]);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", process.child.id()))
+        .expect("read the server's memory map");
+    process.signal("KILL");
+    let _ = process.wait_exit(Duration::from_secs(5));
+    let largest = maps
+        .lines()
+        .filter_map(|line| {
+            let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            Some(end - start)
+        })
+        .max()
+        .expect("a process has mappings");
+    assert!(
+        largest < 512 << 20,
+        "a {} MiB mapping: mimalloc reserved its default arena\n{maps}",
+        largest >> 20
+    );
+}
