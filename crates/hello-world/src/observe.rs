@@ -140,7 +140,6 @@ where
     type Future = ObserveFuture;
 
     fn call(&self, request: http::Request<B>) -> ObserveFuture {
-        let request = request.map(Body::new);
         let shared = &self.shared;
         let route = shared.table.find(request.uri().path());
         let seen = Seen {
@@ -160,7 +159,7 @@ where
         } else if state.faults.active() {
             let is_probe = matches!(request.uri().path(), "/healthz" | "/readyz");
             let faults = state.faults.clone();
-            let routed = self.route(request);
+            let routed = self.route(request.map(Body::new));
             let timed = with_timeout(state.config.request_timeout, seen.started, routed);
             Stage::Slow {
                 answer: Box::pin(async move {
@@ -172,12 +171,13 @@ where
             }
         } else if let Some(answer) = shared.table.direct(route, request.method()) {
             // For HEAD too: hyper sends the headers of the GET and leaves the body out.
+            // The body stays hyper's: a direct answer never reads it, so it is not boxed.
             Stage::Answered {
-                response: Some(answer(state, &request)),
+                response: Some(answer(state, request.headers())),
             }
         } else {
             Stage::Routed {
-                route: self.route(request),
+                route: self.route(request.map(Body::new)),
                 deadline: None,
             }
         };
@@ -318,9 +318,15 @@ fn finish(shared: &Shared, seen: Seen, mut response: Response) -> Response {
     } = seen;
     let state = &shared.state;
     let headers = response.headers_mut();
-    headers.insert(X_SERVED_BY.clone(), state.served_by.clone());
-    headers.insert(X_VERSION.clone(), HeaderValue::from_static(crate::VERSION));
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    match headers.get_mut(&X_REQUEST_ID) {
+        // Stamped in advance ([`stamp_in_advance`]): only the id is missing.
+        Some(id) if *id == UNSET_REQUEST_ID => *id = request_id,
+        _ => {
+            headers.insert(X_SERVED_BY.clone(), state.served_by.clone());
+            headers.insert(X_VERSION.clone(), HeaderValue::from_static(crate::VERSION));
+            headers.insert(X_REQUEST_ID.clone(), request_id);
+        }
+    }
 
     let elapsed = started.elapsed();
     let status = response.status();
@@ -332,7 +338,11 @@ fn finish(shared: &Shared, seen: Seen, mut response: Response) -> Response {
     let slow = elapsed >= state.config.slow_request;
     if state.config.access_log || status.is_server_error() || slow {
         let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-        let request_id = request_id.to_str().unwrap_or("");
+        let request_id = response
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|id| id.to_str().ok())
+            .unwrap_or("");
         macro_rules! access_log {
             ($level:ident $(, $field:ident)*) => {
                 tracing::$level!(
@@ -356,6 +366,19 @@ fn finish(shared: &Shared, seen: Seen, mut response: Response) -> Response {
     response
 }
 
+/// What `x-request-id` holds in headers stamped in advance until [`finish`] writes the
+/// request's own id over it. Not a valid id (ids are visible ASCII), so no caller can send it.
+static UNSET_REQUEST_ID: HeaderValue = HeaderValue::from_static("");
+
+/// Puts the stamps every answer carries into headers made once and cloned for each answer
+/// (such as [`crate::api::hello`]'s greeting): [`finish`] then writes only the request id,
+/// instead of inserting three headers into every answer.
+pub(crate) fn stamp_in_advance(headers: &mut HeaderMap, served_by: &HeaderValue) {
+    headers.insert(X_SERVED_BY.clone(), served_by.clone());
+    headers.insert(X_VERSION.clone(), HeaderValue::from_static(crate::VERSION));
+    headers.insert(X_REQUEST_ID.clone(), UNSET_REQUEST_ID.clone());
+}
+
 /// The caller's request id when it is 1–128 visible ASCII characters, else a fresh one.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(given) = headers.get(&X_REQUEST_ID) {
@@ -373,7 +396,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
 }
 
-fn refuse_early(request: &Request, body_limit: usize) -> Option<ApiError> {
+fn refuse_early<B>(request: &http::Request<B>, body_limit: usize) -> Option<ApiError> {
     if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
         return Some(ApiError::bad_request(
             "HTTP/1.1 requests must carry a Host header",

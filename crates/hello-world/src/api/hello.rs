@@ -2,9 +2,8 @@
 //! for HTML; a browser gets the web page, which shows the same greeting.
 
 use axum::body::Body;
-use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, header};
+use http::{HeaderMap, HeaderValue, header};
 
 use super::{AppState, Routes};
 
@@ -15,8 +14,8 @@ pub(crate) fn routes() -> Routes {
     Routes::default().direct("/", hello)
 }
 
-fn hello(state: &AppState, request: &Request) -> Response {
-    if prefers_html(request.headers().get(header::ACCEPT)) {
+fn hello(state: &AppState, request: &HeaderMap) -> Response {
+    if prefers_html(request.get(header::ACCEPT)) {
         (
             [
                 (
@@ -39,24 +38,25 @@ fn hello(state: &AppState, request: &Request) -> Response {
         )
             .into_response()
     } else {
-        greeting()
+        let mut response = Response::new(Body::from(GREETING));
+        *response.headers_mut() = state.greeting_headers.clone();
+        response
     }
 }
 
-/// `Hello World!` as text, the answer nearly every request gets, built by hand: each header is
-/// inserted once, `Content-Length` is a constant rather than formatted, and the map has room
-/// for the headers [`crate::observe`] adds, so it never grows.
-fn greeting() -> Response {
-    let mut response = Response::new(Body::from(GREETING));
-    let headers = response.headers_mut();
-    headers.reserve(8);
+/// The headers of `Hello World!` as text, the answer nearly every request gets, made once
+/// (kept in [`AppState`]): `Content-Length` is a constant rather than formatted, and the
+/// stamps every answer carries are in already, so [`crate::observe`] only writes the request id.
+pub(crate) fn greeting_headers(served_by: &HeaderValue) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(8);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
     headers.insert(header::VARY, HeaderValue::from_static("accept"));
-    response
+    crate::observe::stamp_in_advance(&mut headers, served_by);
+    headers
 }
 
 /// True when `Accept` names HTML explicitly and ranks it at least as high as plain text
@@ -102,9 +102,9 @@ mod tests {
 
     #[test]
     fn the_greeting_declares_its_own_length() {
-        let response = greeting();
+        let headers = greeting_headers(&HeaderValue::from_static("replica"));
         assert_eq!(
-            response.headers()[header::CONTENT_LENGTH],
+            headers[header::CONTENT_LENGTH],
             GREETING.len().to_string().as_str()
         );
     }

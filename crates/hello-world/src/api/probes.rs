@@ -3,9 +3,8 @@
 //! should receive traffic now (readiness: see [`crate::lifecycle::Readiness`]).
 
 use axum::Json;
-use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use http::header;
+use http::{HeaderMap, header};
 use serde_json::json;
 
 use super::{AppState, Routes};
@@ -19,7 +18,7 @@ pub(crate) fn routes() -> Routes {
         .direct("/readyz", readyz)
 }
 
-fn healthz(_: &AppState, _: &Request) -> Response {
+fn healthz(_: &AppState, _: &HeaderMap) -> Response {
     (
         [(header::CACHE_CONTROL, "no-store")],
         Json(json!({"status": "ok"})),
@@ -27,7 +26,7 @@ fn healthz(_: &AppState, _: &Request) -> Response {
         .into_response()
 }
 
-fn readyz(state: &AppState, _: &Request) -> Response {
+fn readyz(state: &AppState, _: &HeaderMap) -> Response {
     match state.readiness.check() {
         Ok(()) => (
             [(header::CACHE_CONTROL, "no-store")],

@@ -74,9 +74,19 @@ async fn direct_answers_match_the_routers() {
             "cache-control",
             "vary",
             "allow",
+            "x-served-by",
+            "x-version",
         ] {
             assert_eq!(direct.headers.get(name), routed.headers.get(name), "{name}");
         }
+        // The greeting's headers are stamped in advance with a placeholder id
+        // (`observe::stamp_in_advance`): every answer must leave with a fresh id of its own.
+        let id = direct.header("x-request-id");
+        assert!(
+            id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id:?}"
+        );
+        assert_ne!(id, routed.header("x-request-id"));
         if direct.header("content-type").starts_with("text/html") {
             // The page shows the uptime in seconds, which may tick between the two.
             assert!(routed.text().contains("Hello World!"));
