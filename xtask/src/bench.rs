@@ -14,6 +14,7 @@
 
 mod chart;
 mod idle;
+mod instructions;
 mod load;
 mod procfs;
 mod profile;
@@ -192,6 +193,8 @@ pub(crate) struct Results {
     pub(crate) counter: Option<Result<redis::CounterResult, String>>,
     pub(crate) stack: Option<Result<stack::StackResult, String>>,
     pub(crate) profile: Option<Vec<(String, Result<profile::Profile, String>)>>,
+    /// User-space instructions per `GET /` (callgrind), by server.
+    pub(crate) instructions: Option<Vec<(String, Result<instructions::Count, String>)>>,
     pub(crate) notes: Vec<String>,
 }
 
@@ -318,6 +321,19 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 .map(|(name, p)| (name.to_owned(), p.map_err(|e| format!("{e:#}"))))
                 .collect(),
         );
+    }
+    if only.section("profile") && !quick {
+        // Noise-free: the same binary and load execute the same instructions.
+        let counted = ["ours-glibc", "ours-musl", "axum-bare", "nginx"]
+            .into_iter()
+            .filter_map(|name| specs.iter().find(|s| s.name == name))
+            .map(|spec| {
+                eprintln!("bench: counting instructions per request: {}", spec.name);
+                let count = instructions::count(spec, &logs).map_err(|e| format!("{e:#}"));
+                (spec.name.to_owned(), count)
+            })
+            .collect();
+        results.instructions = Some(counted);
     }
     results.finished = utc_now();
     results.loadavg_after = procfs::loadavg();

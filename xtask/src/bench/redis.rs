@@ -65,6 +65,7 @@ fn redis_spec() -> Spec {
         port: REDIS_PORT,
         binary: None,
         note: String::new(),
+        one_process_args: vec![],
     }
 }
 

@@ -280,6 +280,7 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
     growth(w, r);
 
     let _ = writeln!(w, "\n## Profile under the GET / load\n");
+    instruction_table(w, r);
     match &r.profile {
         Some(profiles) => {
             for (name, p) in profiles {
@@ -308,6 +309,76 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
         }
     }
     md
+}
+
+/// Instructions per `GET /` by server (callgrind), with each one's ratio to nginx.
+fn instruction_table(w: &mut String, r: &Results) {
+    let Some(counts) = &r.instructions else {
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "### Instructions per request\n\n\
+         User-space instructions per `GET /`, counted by valgrind's callgrind: unlike CPU time, \
+         the same for the same binary and load however busy the machine is. The kernel's part \
+         of a request (loopback TCP, the profiles below) is the same for every server.\n\n\
+         | server | instructions / request | ÷ nginx | requests counted |\n|---|---:|---:|---:|"
+    );
+    let nginx = instructions_of(r, "nginx");
+    for (name, count) in counts {
+        match count {
+            Ok(c) => {
+                let _ = writeln!(
+                    w,
+                    "| {name} | {:.0} | {} | {} |",
+                    c.per_request,
+                    num(nginx.map_or(f64::NAN, |n| c.per_request / n), 2),
+                    c.requests
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(w, "| {name} | not counted: {} | | |", e.replace('|', "\\|"));
+            }
+        }
+    }
+    let _ = writeln!(w, "\nCommands:\n");
+    for (name, count) in counts {
+        if let Ok(c) = count {
+            let _ = writeln!(
+                w,
+                "- {name}: `{}`, counted over `{}` between `callgrind_control -i on PID` and `-i off`",
+                c.server, c.load
+            );
+        }
+    }
+    let _ = writeln!(w);
+}
+
+/// A server's instructions per request, if they were counted.
+fn instructions_of(r: &Results, name: &str) -> Option<f64> {
+    r.instructions
+        .as_ref()?
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, c)| c.as_ref().ok())
+        .map(|c| c.per_request)
+}
+
+/// The instruction counts' answer to "how much more work does ours do than nginx, and how
+/// much of that is the framework".
+fn instruction_gap(r: &Results, build: &str) -> String {
+    let (Some(ours), Some(axum), Some(nginx)) = (
+        instructions_of(r, build),
+        instructions_of(r, "axum-bare"),
+        instructions_of(r, "nginx"),
+    ) else {
+        return String::new();
+    };
+    format!(
+        " Counted by callgrind, a `GET /` runs {ours:.0} user-space instructions in ours, {axum:.0} in a bare axum hello world (hyper and tokio, no middleware) and {nginx:.0} in nginx: the framework alone does {:.2}× nginx's work per request, and ours {:.2}×.",
+        axum / nginx,
+        ours / nginx
+    )
 }
 
 /// The profile's answer to "where does ours spend more than nginx": kernel vs user space.
@@ -502,9 +573,10 @@ fn targets(w: &mut String, r: &Results, rows: &[Row]) {
             if ok == Some(false) {
                 let why = if what.starts_with("CPU") {
                     format!(
-                        "{}{} During the run: {}.",
+                        "{}{}{} During the run: {}.",
                         cpu_split(r),
                         framework_floor(x, find("axum-bare"), nginx),
+                        instruction_gap(r, build),
                         bound(x)
                     )
                 } else if what.contains("Flask") {

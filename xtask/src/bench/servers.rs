@@ -45,6 +45,9 @@ pub(crate) struct Spec {
     pub(crate) binary: Option<PathBuf>,
     /// A note for the results table (version, build, caveat).
     pub(crate) note: String,
+    /// Extra arguments that keep the server in one process, for counting it under valgrind
+    /// (which is not told to follow forks): nginx's master would otherwise fork the worker.
+    pub(crate) one_process_args: Vec<String>,
 }
 
 impl Spec {
@@ -67,7 +70,11 @@ impl Spec {
         ));
         for a in &self.args {
             line.push(' ');
-            line.push_str(a);
+            if a.contains([' ', ';']) {
+                line.push_str(&format!("'{a}'"));
+            } else {
+                line.push_str(a);
+            }
         }
         line
     }
@@ -262,6 +269,7 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
         port,
         binary: Some(bin.to_owned()),
         note: note.into(),
+        one_process_args: vec![],
     };
     Ok(vec![
         ours(
@@ -296,6 +304,7 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
                 "{}, 1 worker, access_log off (binary is dynamically linked)",
                 nginx_version.trim()
             ),
+            one_process_args: vec!["-g".into(), "master_process off;".into()],
         },
         Spec {
             name: "axum-bare",
@@ -307,6 +316,7 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
             port: PORT_AXUM,
             binary: Some(axum_bin),
             note: "axum 0.8 `Router::new().route(\"/\", get(..))` + `axum::serve`, no middleware, glibc malloc: the framework's floor".into(),
+            one_process_args: vec![],
         },
         Spec {
             name: "go",
@@ -321,6 +331,7 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
                 "stdlib net/http, {}",
                 go_version.trim().trim_start_matches("go version ")
             ),
+            one_process_args: vec![],
         },
         Spec {
             name: "gunicorn",
@@ -340,6 +351,7 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
             port: PORT_GUNICORN,
             binary: None,
             note: format!("the seed's app.py, 1 sync worker, {}", py_version.trim()),
+            one_process_args: vec![],
         },
         Spec {
             name: "flask-dev",
@@ -354,6 +366,7 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
                 "the seed's app.py as written (`python app.py`: Flask's dev server, threaded, logs each request); flask==1.1.2 as the tutorial pins it, its unbounded dependencies pinned to releases it runs with (bench/reference/flask/requirements.txt); {}",
                 py_version.trim()
             ),
+            one_process_args: vec![],
         },
     ])
 }
@@ -398,6 +411,7 @@ fn reports_commit(bin: &Path, commit: &str, work: &Path) -> bool {
         port: PORT,
         binary: None,
         note: String::new(),
+        one_process_args: vec![],
     };
     let Ok((_, server)) = start_timed(&spec, &work.join("version-check.log")) else {
         return false;
