@@ -31,7 +31,7 @@ use xshell::Shell;
 use load::{Measured, Wrk};
 use servers::{Kind, Spec};
 
-/// How long and how often: the full run (≤ 15 min) or the smoke run (~2 min).
+/// How long and how often: the full run (~15 min) or the smoke run (~2 min).
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub(crate) quick: bool,
@@ -70,7 +70,7 @@ impl Plan {
         } else {
             Plan {
                 quick,
-                rounds: 3,
+                rounds: 5,
                 warmup_s: 2,
                 run_s: 10,
                 connections: 64,
