@@ -1,8 +1,9 @@
 //! Instructions per `GET /`, counted by valgrind's callgrind: the user-space cost of a request
-//! without the machine's noise. CPU time per request moves by several percent from one run to
-//! the next here, and its kernel part (loopback TCP) is the same for every server; an
-//! instruction count is the same for the same binary and load whatever else the machine does,
-//! so it says exactly how much work each server's own code does per request.
+//! with little of the machine's noise. CPU time per request moves by several percent from one
+//! run to the next here, and its kernel part (loopback TCP) is the same for every server; two
+//! counts of the same binary agree within about 1 % whatever else the machine does (what
+//! varies is how many requests each wakeup finds ready), so they say how much work each
+//! server's own code does per request.
 //!
 //! Each server runs under callgrind with instrumentation off, is warmed up, and is counted
 //! over a `wrk` run between `callgrind_control -i on` and `-i off`; the count divided by the

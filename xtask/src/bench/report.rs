@@ -311,6 +311,37 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
     md
 }
 
+/// A server's profile, if it ran.
+fn profiled<'r>(r: &'r Results, name: &str) -> Option<&'r super::profile::Profile> {
+    r.profile
+        .as_ref()?
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, p)| p.as_ref().ok())
+}
+
+/// The most any server can be ahead of Flask's dev server on this machine: the kernel's part of
+/// a request (nginx's, from its profile) is work every server does, so Flask's CPU per request
+/// over it is the ceiling; and what a `target` ratio leaves for user space.
+fn flask_ceiling(r: &Results, flask_cpu_us: f64, target: f64) -> String {
+    let (Some(ours), Some(nginx)) = (profiled(r, "ours-glibc"), profiled(r, "nginx")) else {
+        return String::new();
+    };
+    let kernel = nginx.kernel_us;
+    let user_left = flask_cpu_us / target - kernel;
+    let left = if user_left > 0.0 {
+        format!("{user_left:.2} µs")
+    } else {
+        "nothing: the kernel's part alone costs more".into()
+    };
+    format!(
+        " The kernel's part of a request (loopback TCP, the same work for every server: {kernel:.2} µs in nginx's profile below) caps any server here at {:.0}× Flask's {flask_cpu_us:.0} µs; {target:.0}× would leave {left} per request for user space, where nginx spends {:.2} µs and ours {:.2}.",
+        flask_cpu_us / kernel,
+        nginx.user_us,
+        ours.user_us
+    )
+}
+
 /// Instructions per `GET /` by server (callgrind), with each one's ratio to nginx.
 fn instruction_table(w: &mut String, r: &Results) {
     let Some(counts) = &r.instructions else {
@@ -320,7 +351,8 @@ fn instruction_table(w: &mut String, r: &Results) {
         w,
         "### Instructions per request\n\n\
          User-space instructions per `GET /`, counted by valgrind's callgrind: unlike CPU time, \
-         the same for the same binary and load however busy the machine is. The kernel's part \
+         hardly moved by how busy the machine is (two counts of one binary agree within about \
+         1 %). The kernel's part \
          of a request (loopback TCP, the profiles below) is the same for every server.\n\n\
          | server | instructions / request | ÷ nginx | requests counted |\n|---|---:|---:|---:|"
     );
@@ -383,16 +415,10 @@ fn instruction_gap(r: &Results, build: &str) -> String {
 
 /// The profile's answer to "where does ours spend more than nginx": kernel vs user space.
 fn cpu_split(r: &Results) -> String {
-    let Some(profiles) = &r.profile else {
+    if r.profile.is_none() {
         return "(no profile in this run)".into();
-    };
-    let get = |n: &str| {
-        profiles
-            .iter()
-            .find(|(name, _)| name == n)
-            .and_then(|(_, p)| p.as_ref().ok())
-    };
-    match (get("ours-glibc"), get("nginx")) {
+    }
+    match (profiled(r, "ours-glibc"), profiled(r, "nginx")) {
         (Some(o), Some(n)) => format!(
             "Profile (glibc build, see below): ours {:.2} µs/request = kernel {:.2} + user space {:.2}; nginx {:.2} = kernel {:.2} + user space {:.2}. \
              User space accounts for {:.2} µs of the {:.2} µs gap.",
@@ -586,10 +612,11 @@ fn targets(w: &mut String, r: &Results, rows: &[Row]) {
                         .zip(flask)
                         .map_or(f64::NAN, |(n, f)| ratio(n.rps, f.rps));
                     format!(
-                        "{}. Per request, Flask's dev server spends {} × ours' CPU time: what a saturated core would show. nginx, in the same run, serves {} × Flask's req/s: most of a fast server's request is the kernel's loopback TCP work, which Flask's Python does not dwarf on every machine.",
+                        "{}. Per request, Flask's dev server spends {} × ours' CPU time: what a saturated core would show. nginx, in the same run, serves {} × Flask's req/s: most of a fast server's request is the kernel's loopback TCP work, which Flask's Python does not dwarf on every machine.{}",
                         bound(x),
                         num(flask.map_or(f64::NAN, |f| ratio(f.cpu_us, x.cpu_us)), 0),
-                        num(nginx_ratio, 0)
+                        num(nginx_ratio, 0),
+                        flask.map_or(String::new(), |f| flask_ceiling(r, f.cpu_us, limit))
                     )
                 } else if what.starts_with("req/s") {
                     format!("{}.", bound(x))
@@ -1093,5 +1120,39 @@ mod tests {
             "{cheaper}"
         );
         assert!(!cheaper.contains("-0."), "{cheaper}");
+    }
+
+    fn profiled_run(ours_user_us: f64, nginx_kernel_us: f64, nginx_user_us: f64) -> Results {
+        let profile = |kernel_us: f64, user_us: f64| {
+            Ok(super::super::profile::Profile {
+                text: String::new(),
+                cpu_us: kernel_us + user_us,
+                kernel_us,
+                user_us,
+            })
+        };
+        Results {
+            profile: Some(vec![
+                ("ours-glibc".into(), profile(6.4, ours_user_us)),
+                ("nginx".into(), profile(nginx_kernel_us, nginx_user_us)),
+            ]),
+            ..Results::default()
+        }
+    }
+
+    #[test]
+    fn the_flask_ceiling_is_flasks_cost_over_the_kernels_part() {
+        let run = profiled_run(1.3, 6.0, 1.0);
+        // 360 µs over 6 µs of kernel work: no server passes 60×; 50× leaves 7.2 - 6.0 µs.
+        let at_50 = flask_ceiling(&run, 360.0, 50.0);
+        assert!(at_50.contains("caps any server here at 60×"), "{at_50}");
+        assert!(at_50.contains("50× would leave 1.20 µs"), "{at_50}");
+        assert!(
+            at_50.contains("nginx spends 1.00 µs and ours 1.30"),
+            "{at_50}"
+        );
+        let at_70 = flask_ceiling(&run, 360.0, 70.0);
+        assert!(at_70.contains("would leave nothing"), "{at_70}");
+        assert_eq!(flask_ceiling(&Results::default(), 360.0, 50.0), "");
     }
 }
