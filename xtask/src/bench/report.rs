@@ -328,17 +328,22 @@ fn flask_ceiling(r: &Results, flask_cpu_us: f64, target: f64) -> String {
         return String::new();
     };
     let kernel = nginx.kernel_us;
-    let user_left = flask_cpu_us / target - kernel;
-    let left = if user_left > 0.0 {
-        format!("{user_left:.2} µs")
+    let budget = flask_cpu_us / target;
+    let verdict = if budget > kernel {
+        format!(
+            "{target:.0}× would leave {:.2} µs per request for user space, where nginx spends {:.2} µs and ours {:.2}",
+            budget - kernel,
+            nginx.user_us,
+            ours.user_us
+        )
     } else {
-        "nothing: the kernel's part alone costs more".into()
+        format!(
+            "{target:.0}× is out of reach for any server: it allows {budget:.2} µs per request, less than the kernel's part alone"
+        )
     };
     format!(
-        " The kernel's part of a request (loopback TCP, the same work for every server: {kernel:.2} µs in nginx's profile below) caps any server here at {:.0}× Flask's {flask_cpu_us:.0} µs; {target:.0}× would leave {left} per request for user space, where nginx spends {:.2} µs and ours {:.2}.",
-        flask_cpu_us / kernel,
-        nginx.user_us,
-        ours.user_us
+        " The kernel's part of a request (loopback TCP, the same work for every server: {kernel:.2} µs in nginx's profile below) caps any server here at {:.0}× Flask's {flask_cpu_us:.0} µs; {verdict}.",
+        flask_cpu_us / kernel
     )
 }
 
@@ -1152,7 +1157,10 @@ mod tests {
             "{at_50}"
         );
         let at_70 = flask_ceiling(&run, 360.0, 70.0);
-        assert!(at_70.contains("would leave nothing"), "{at_70}");
+        assert!(
+            at_70.contains("70× is out of reach for any server: it allows 5.14 µs"),
+            "{at_70}"
+        );
         assert_eq!(flask_ceiling(&Results::default(), 360.0, 50.0), "");
     }
 }
