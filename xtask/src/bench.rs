@@ -8,7 +8,8 @@
 //! req/s: wrk saturates its core before the fast servers do, so req/s alone hides the difference.
 //!
 //! Sections (names for `--only`): `peers` (the main table), `concurrency`, `idle`, `echo`,
-//! `counter`, `stack`, `profile`. Server names (`ours-glibc`, `ours-musl`, `nginx`, `axum-bare`,
+//! `counter`, `stack`, `profile` (perf profiles of ours and nginx, and callgrind's instructions
+//! per request, [`instructions`]; not with `--quick`). Server names (`ours-glibc`, `ours-musl`, `nginx`, `axum-bare`,
 //! `go`, `gunicorn`, `flask-dev`) restrict every section to those servers. A run with `--quick` or
 //! `--only` writes to `target/bench/results/` so it never replaces the published results.
 
