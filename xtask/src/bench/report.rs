@@ -1146,6 +1146,45 @@ mod tests {
     }
 
     #[test]
+    fn the_instruction_gap_compares_ours_and_the_framework_with_nginx() {
+        let count = |per_request: f64| {
+            Ok(super::super::instructions::Count {
+                per_request,
+                requests: 1000,
+                server: String::new(),
+                load: String::new(),
+            })
+        };
+        let mut run = Results {
+            instructions: Some(vec![
+                ("ours-glibc".into(), count(9200.0)),
+                ("axum-bare".into(), count(9500.0)),
+                ("nginx".into(), count(7300.0)),
+            ]),
+            ..Results::default()
+        };
+        let gap = instruction_gap(&run, "ours-glibc");
+        assert!(
+            gap.contains("9200 user-space instructions in ours"),
+            "{gap}"
+        );
+        assert!(gap.contains("the framework alone does 1.30×"), "{gap}");
+        assert!(gap.contains("and ours 1.26×"), "{gap}");
+        let mut table = String::new();
+        instruction_table(&mut table, &run);
+        assert!(
+            table.contains("| ours-glibc | 9200 | 1.26 | 1000 |"),
+            "{table}"
+        );
+        // Without nginx's count there is nothing to compare with.
+        run.instructions
+            .as_mut()
+            .expect("set above")
+            .retain(|(name, _)| name != "nginx");
+        assert_eq!(instruction_gap(&run, "ours-glibc"), "");
+    }
+
+    #[test]
     fn the_flask_ceiling_is_flasks_cost_over_the_kernels_part() {
         let run = profiled_run(1.3, 6.0, 1.0);
         // 360 µs over 6 µs of kernel work: no server passes 60×; 50× leaves 7.2 - 6.0 µs.
