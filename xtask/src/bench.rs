@@ -29,6 +29,7 @@ use std::{fs, thread, time::Duration};
 use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
+pub(crate) use instructions::callgrind_control;
 use load::{Measured, Wrk};
 use servers::{Kind, Spec};
 

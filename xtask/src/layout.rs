@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
 
+use crate::bench::callgrind_control;
 use crate::bench::servers::{MUSL_TARGET, SERVER_CPU, pin_current_thread, target_dir};
 
 /// Functions a start runs that callgrind names after another: musl's `_start_c` jumps to this
@@ -116,12 +117,7 @@ fn record(binary: &Path, build_dir: &Path) -> Result<BTreeSet<String>> {
     thread::sleep(Duration::from_secs(2));
     // The profile so far (`callgrind.out.1`): what a start and the first answers ran, without
     // the shutdown that follows.
-    let dumped = asked.is_ok()
-        && Command::new("callgrind_control")
-            .args(["--dump", &server.id().to_string()])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
+    let dumped = asked.is_ok() && callgrind_control(&["--dump", &server.id().to_string()]).is_ok();
     // SIGTERM: the server drains and exits 0.
     let _ = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])

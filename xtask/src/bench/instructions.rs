@@ -82,7 +82,8 @@ pub(crate) fn count(spec: &Spec, logs: &Path) -> Result<Count> {
     counted
 }
 
-fn callgrind_control(args: &[&str]) -> Result<()> {
+/// Runs `callgrind_control` (valgrind's remote control for a running callgrind) with `args`.
+pub(crate) fn callgrind_control(args: &[&str]) -> Result<()> {
     let status = Command::new("callgrind_control")
         .args(args)
         .stdout(std::process::Stdio::null())

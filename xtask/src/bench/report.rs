@@ -311,13 +311,20 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
     md
 }
 
-/// A server's profile, if it ran.
-fn profiled<'r>(r: &'r Results, name: &str) -> Option<&'r super::profile::Profile> {
-    r.profile
-        .as_ref()?
+/// One server's entry in a by-server list of results, if it was measured and succeeded.
+fn measured<'r, T>(
+    list: &'r Option<Vec<(String, Result<T, String>)>>,
+    name: &str,
+) -> Option<&'r T> {
+    list.as_ref()?
         .iter()
         .find(|(n, _)| n == name)
-        .and_then(|(_, p)| p.as_ref().ok())
+        .and_then(|(_, result)| result.as_ref().ok())
+}
+
+/// A server's profile, if it ran.
+fn profiled<'r>(r: &'r Results, name: &str) -> Option<&'r super::profile::Profile> {
+    measured(&r.profile, name)
 }
 
 /// The most any server can be ahead of Flask's dev server on this machine: the kernel's part of
@@ -357,8 +364,8 @@ fn instruction_table(w: &mut String, r: &Results) {
         "### Instructions per request\n\n\
          User-space instructions per `GET /`, counted by valgrind's callgrind: unlike CPU time, \
          hardly moved by how busy the machine is (two counts of one binary agree within about \
-         1 %). The kernel's part \
-         of a request (loopback TCP, the profiles below) is the same for every server.\n\n\
+         1 %). The kernel's part of a request (loopback TCP, the profiles below) is the same \
+         for every server.\n\n\
          | server | instructions / request | ÷ nginx | requests counted |\n|---|---:|---:|---:|"
     );
     let nginx = instructions_of(r, "nginx");
@@ -393,12 +400,7 @@ fn instruction_table(w: &mut String, r: &Results) {
 
 /// A server's instructions per request, if they were counted.
 fn instructions_of(r: &Results, name: &str) -> Option<f64> {
-    r.instructions
-        .as_ref()?
-        .iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, c)| c.as_ref().ok())
-        .map(|c| c.per_request)
+    measured(&r.instructions, name).map(|c| c.per_request)
 }
 
 /// The instruction counts' answer to "how much more work does ours do than nginx, and how

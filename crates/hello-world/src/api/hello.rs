@@ -14,8 +14,8 @@ pub(crate) fn routes() -> Routes {
     Routes::default().direct("/", hello)
 }
 
-fn hello(state: &AppState, request: &HeaderMap) -> Response {
-    if prefers_html(request.get(header::ACCEPT)) {
+fn hello(state: &AppState, request_headers: &HeaderMap) -> Response {
+    if prefers_html(request_headers.get(header::ACCEPT)) {
         (
             [
                 (
