@@ -2,8 +2,8 @@
 # deploy/gke/deploy.sh: hello-world on Google Kubernetes Engine, from nothing to a checked URL.
 #
 # The seed's three steps (create the cluster, get credentials, apply), completed with the ones it
-# skipped: an Artifact Registry repository, the image built, pushed and pinned by digest (Redis is
-# mirrored next to it), the rollout and the external IP waited for, and `hello-world check`
+# skipped: an Artifact Registry repository, the image built for amd64 and arm64, pushed as one
+# index and pinned by its digest (Redis is mirrored next to it), the rollout and the external IP waited for, and `hello-world check`
 # proving that three replicas answer through the load balancer.
 #
 #   deploy/gke/deploy.sh --project=MY_PROJECT            deploy (idempotent: re-run to update)
@@ -24,6 +24,8 @@ readonly root
 # The image name the gke overlay renders; the throw-away overlay replaces it with the pushed image.
 readonly overlay_image="us-central1-docker.pkg.dev/PROJECT_ID/hello-world/hello-world"
 readonly namespace="hello-world"
+# The Secret the Deployment reads the admin token from (deploy/k8s/base/deployment.yaml).
+readonly admin_secret="hello-world-admin-token"
 # Bounded waits: 60 polls 5 s apart for the load balancer's IP, 5 minutes per rollout.
 readonly ip_polls=60
 readonly ip_poll_interval=5
@@ -223,6 +225,20 @@ push_and_pin() {
         gcloud artifacts docker images describe "$remote" "--format=value(image_summary.digest)"
 }
 
+# Creates the admin token Secret from 32 random bytes. The token goes through a file in the
+# throw-away overlay (0700, removed on exit), never through a command line or the printed commands.
+create_admin_secret() {
+    local dir="$1"
+    printf '+ od -An -N32 -tx1 /dev/urandom | tr -d %s > %s/admin-token\n' "' \\n'" "$dir" >&3
+    if ((!dry_run)); then
+        (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$dir/admin-token")
+    fi
+    run kubectl "--namespace=$namespace" create secret generic "$admin_secret" \
+        "--from-file=token=$dir/admin-token"
+    printf "read it with: kubectl --namespace=%s get secret %s --output=jsonpath='{.data.token}' | base64 --decode\n" \
+        "$namespace" "$admin_secret"
+}
+
 deploy() {
     ((dry_run)) || require_tools gcloud kubectl docker cargo git
     use_project
@@ -249,13 +265,16 @@ deploy() {
     fi
     run gcloud auth configure-docker "$registry" --quiet
 
-    step "image $image:$tag"
-    (
-        cd "$root"
-        run cargo xtask image
-    )
+    step "image index $image:$tag (linux/amd64 and linux/arm64)"
+    # Both platforms' images, each with its SBOM beside it (target/image/), then the index over
+    # them pushed and read back; the Deployment is pinned to the index's digest, so every node
+    # pulls exactly what was pushed, for its own architecture (x86-64 or Arm, e.g. Tau T2A).
     local digest redis_digest
-    digest="$(push_and_pin hello-world:dev "$image:$tag")"
+    digest="$(
+        cd "$root"
+        run cargo xtask image >&3
+        capture "sha256:PUSHED_INDEX_DIGEST" cargo xtask image --push "$image" --tag "$tag"
+    )"
     step "Redis mirrored as $redis_mirror"
     # GKE nodes are x86-64 whatever machine deploys from.
     run docker pull --platform=linux/amd64 "$redis_image"
@@ -287,6 +306,14 @@ deploy() {
     printf '+ cat > %s/kustomization.yaml <<EOF\n%s\nEOF\n' "$overlay" "$kustomization" >&3
     ((dry_run)) || printf '%s\n' "$kustomization" >"$overlay/kustomization.yaml"
     run kubectl apply -k "$overlay"
+
+    step "admin token (Secret $admin_secret)"
+    # The pods wait for this Secret; a re-run keeps the token it made the first time.
+    if exists kubectl "--namespace=$namespace" get secret "$admin_secret"; then
+        printf 'secret %s exists\n' "$admin_secret"
+    else
+        create_admin_secret "$overlay"
+    fi
     run kubectl "--namespace=$namespace" rollout status statefulset/redis "--timeout=$rollout_timeout"
     run kubectl "--namespace=$namespace" rollout status deployment/hello-world \
         "--timeout=$rollout_timeout"

@@ -8,18 +8,24 @@
 //! req/s: wrk saturates its core before the fast servers do, so req/s alone hides the difference.
 //!
 //! Sections (names for `--only`): `peers` (the main table), `concurrency`, `idle`, `echo`,
-//! `counter`, `stack`, `profile` (perf profiles of ours and nginx, and callgrind's instructions
-//! per request, [`instructions`]; not with `--quick`). Server names (`ours-glibc`, `ours-musl`, `nginx`, `axum-bare`,
-//! `go`, `gunicorn`, `flask-dev`) restrict every section to those servers. A run with `--quick` or
-//! `--only` writes to `target/bench/results/` so it never replaces the published results.
+//! `counter`, `replication` (increments confirmed by a replica through Sentinel, next to
+//! unreplicated ones, [`replication`]), `stack`, `h2c` (`GET /` over cleartext HTTP/2 with
+//! h2load, ours vs nginx, [`h2c`]), `profile` (perf profiles of ours and nginx, and
+//! callgrind's instructions per request, [`instructions`]; not with `--quick`). Server names
+//! (`ours-glibc`, `ours-musl`, `nginx`, `axum-bare`, `go`, `gunicorn`, `flask-dev`) restrict every
+//! section to those servers; only the servers the chosen sections measure are built. A run with
+//! `--quick` or `--only` writes to `target/bench/results/` so it never replaces the published
+//! results.
 
 mod chart;
+mod h2c;
 mod idle;
-mod instructions;
+pub(crate) mod instructions;
 mod load;
 mod procfs;
 mod profile;
 mod redis;
+mod replication;
 mod report;
 pub(crate) mod servers;
 mod stack;
@@ -29,11 +35,18 @@ use std::{fs, thread, time::Duration};
 use anyhow::{Context, Result, bail};
 use xshell::Shell;
 
-pub(crate) use instructions::callgrind_control;
 use load::{Measured, Wrk};
 use servers::{Kind, Spec};
 
-/// How long and how often: the full run (~15 min) or the smoke run (~2 min).
+/// The line after which `bench/RESULTS.md` holds sections that runs keep.
+const KEPT: &str = "<!-- kept by cargo xtask bench: sections below this line are carried into every run's results -->";
+
+/// The kept sections of a results file, marker included.
+fn kept_section(results: &str) -> Option<&str> {
+    results.find(KEPT).map(|at| &results[at..])
+}
+
+/// How long and how often: the full run (~20 min) or the smoke run (~2 min).
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub(crate) quick: bool,
@@ -89,15 +102,30 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 9] = [
     "peers",
     "concurrency",
     "idle",
     "echo",
     "counter",
+    "replication",
     "stack",
+    "h2c",
     "profile",
 ];
+
+/// Whether `section` measures `server`, so a run builds only the servers its sections use.
+fn measures(section: &str, server: &str) -> bool {
+    match section {
+        "peers" => true,
+        "concurrency" | "idle" => matches!(server, "ours-glibc" | "nginx" | "go"),
+        "echo" | "counter" | "replication" => server == "ours-glibc",
+        "stack" => server == "ours-musl",
+        "h2c" => matches!(server, "ours-glibc" | "ours-musl" | "nginx"),
+        "profile" => matches!(server, "ours-glibc" | "ours-musl" | "axum-bare" | "nginx"),
+        _ => false,
+    }
+}
 
 /// What `--only` asked for.
 #[derive(Debug, Default)]
@@ -193,7 +221,9 @@ pub(crate) struct Results {
     pub(crate) echo: Vec<Result<EchoRow, String>>,
     pub(crate) echo_line: String,
     pub(crate) counter: Option<Result<redis::CounterResult, String>>,
+    pub(crate) replication: Option<Result<replication::ReplicationResult, String>>,
     pub(crate) stack: Option<Result<stack::StackResult, String>>,
+    pub(crate) h2c: Option<h2c::H2cResult>,
     pub(crate) profile: Option<Vec<(String, Result<profile::Profile, String>)>>,
     /// User-space instructions per `GET /` (callgrind), by server.
     pub(crate) instructions: Option<Vec<(String, Result<instructions::Count, String>)>>,
@@ -237,24 +267,29 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         ..Results::default()
     };
     results.machine = Some(procfs::machine()?);
-    let specs = servers::prepare(&sh, &mut results.setup)?;
     let unknown: Vec<&String> = only
         .servers
         .iter()
-        .filter(|n| !specs.iter().any(|s| s.name == n.as_str()))
+        .filter(|n| !servers::NAMES.contains(&n.as_str()))
         .collect();
     if !unknown.is_empty() {
         bail!(
             "--only: unknown name(s) {unknown:?}; sections are {SECTIONS:?}, servers are {:?}",
-            specs.iter().map(|s| s.name).collect::<Vec<_>>()
+            servers::NAMES
         );
     }
+    let wanted = |server: &str| {
+        only.server(server)
+            && SECTIONS
+                .iter()
+                .any(|section| only.section(section) && measures(section, server))
+    };
+    let specs = servers::prepare(&sh, &mut results.setup, &wanted)?;
     let profile_bin = if only.section("profile") && !quick {
         Some(profile::build_binary(&sh, &mut results.setup)?)
     } else {
         None
     };
-    let specs: Vec<Spec> = specs.into_iter().filter(|s| only.server(s.name)).collect();
 
     // Room for 10 000 client sockets here and as many in the server (children inherit it).
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -290,6 +325,10 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 .map_err(|e| format!("{e:#}")),
         );
     }
+    if let Some(ours) = ours_glibc.filter(|_| only.section("replication")) {
+        results.replication =
+            Some(replication::run(&plan, ours, &logs).map_err(|e| format!("{e:#}")));
+    }
     if only.section("stack") {
         results.stack = Some(
             match (
@@ -308,6 +347,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 }
             },
         );
+    }
+    if only.section("h2c") {
+        results.h2c = Some(h2c::run(&plan, &specs, &logs));
     }
     if let (Some(bin), Some(ours)) = (profile_bin.clone(), ours_glibc) {
         let mut spec = ours.clone();
@@ -341,8 +383,14 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     results.loadavg_after = procfs::loadavg();
     results.plan_text = format!("{plan:?}");
 
-    let md = report::markdown(&plan, &results, publish);
+    let mut md = report::markdown(&plan, &results, publish);
     let path = out_dir.join("RESULTS.md");
+    // What a change measured by hand (before and after it, with the commands) is kept below
+    // the marker, run after run, until someone removes it.
+    let published = fs::read_to_string(crate::project_root().join("bench/RESULTS.md"));
+    if let Some(kept) = published.ok().as_deref().and_then(kept_section) {
+        md.push_str(kept);
+    }
     fs::write(&path, md)?;
     report::charts(&results, &out_dir)?;
     println!("bench: wrote {} and its charts", path.display());

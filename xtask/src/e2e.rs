@@ -2,18 +2,25 @@
 //!
 //! Builds the image (and a second one with another version, for the rolling update), deploys
 //! the stack, and runs each proof of [`PROOFS`]: a fault or an operation (SIGKILL, SIGTERM,
-//! `docker pause`, scaling, a rolling update, a Redis crash) while the real `hello-world check`
-//! binary drives load through the balancer on `127.0.0.1:8080`; the proof asserts on the check's
-//! `--json` report. Every proof prints its figures, the suite writes them to `e2e/RESULTS.md`,
-//! and the stack is removed at the end, also when a proof fails or the run panics.
+//! `docker pause`, scaling, a rolling update, a Redis crash, Redis stopped, a store filled up)
+//! while the real `hello-world check` binary drives load through the balancer on
+//! `127.0.0.1:8080`; the proof asserts on the check's `--json` report. The protocols proof
+//! speaks h2c (curl), gRPC (grpcio) and WebSocket (websockets) through the same balancer. Every proof prints its
+//! figures, the suite writes them to `e2e/RESULTS.md`, and the stack is removed at the end, also
+//! when a proof fails or the run panics.
 //!
-//! `cargo xtask e2e [--keep] [--no-build] [--only NAME,...]`: `--keep` leaves the stack up for
-//! inspection; `--no-build` reuses the images and check client of the previous run; `--only`
-//! runs some proofs (by name). A partial run does not rewrite `e2e/RESULTS.md`.
+//! `cargo xtask e2e [--cluster [--seed N]] [--keep] [--no-build] [--only NAME,...]`: `--keep`
+//! leaves the stack up for inspection; `--no-build` reuses the images and check client of the
+//! previous run; `--only` runs some proofs (by name). A partial run does not rewrite
+//! `e2e/RESULTS.md`. `--cluster` runs the machine-failure proofs of [`machines`] on the
+//! three-machine cluster instead; each suite rewrites its own section of `e2e/RESULTS.md`.
 //!
-//! Traffic goes only to loopback (the published port) and inside the stack's own network.
+//! Traffic goes only to loopback (the published ports: the balancer's, and that of the one
+//! container the memory proof starts on its own) and inside the project's own networks.
 
+mod history;
 pub(crate) mod http;
+mod machines;
 mod proofs;
 
 use std::collections::BTreeMap;
@@ -31,14 +38,15 @@ use crate::{image, stack};
 /// The tag of the second image the rolling update moves to.
 pub(crate) const NEXT_TAG: &str = "hello-world:e2e-next";
 
-/// One proof: its name (for `--only`), the claim of the seed it demonstrates, and the test.
-struct Proof {
+/// One proof: its name (for `--only`), the claim of the seed it demonstrates, and the test,
+/// which gets the suite's context `C`.
+struct Proof<C> {
     name: &'static str,
     claim: &'static str,
-    run: fn(&Ctx) -> Result<Figures>,
+    run: fn(&C) -> Result<Figures>,
 }
 
-const PROOFS: &[Proof] = &[
+const PROOFS: &[Proof<Ctx>] = &[
     Proof {
         name: "spread",
         claim: "load is balanced: each of the 3 replicas serves ≥ 25 % of requests",
@@ -46,8 +54,13 @@ const PROOFS: &[Proof] = &[
     },
     Proof {
         name: "isolation",
-        claim: "portability / isolation: the ≤ 8 MiB scratch image runs as 65532:65532, read-only, with no capabilities",
+        claim: "portability / isolation: the ≤ 6 MiB scratch image runs as 65532:65532, read-only, with no capabilities",
         run: proofs::isolation,
+    },
+    Proof {
+        name: "admin-token",
+        claim: "no one on the stack's network changes a replica without the admin token; with it, an operator takes one out of rotation and back",
+        run: proofs::admin_token,
     },
     Proof {
         name: "replica-killed",
@@ -81,8 +94,23 @@ const PROOFS: &[Proof] = &[
     },
     Proof {
         name: "durability",
-        claim: "Redis SIGKILLed and restarted under load: no acknowledged increment lost",
+        claim: "the Redis primary SIGKILLed under load (the Sentinels promote a replica), then the new one at rest: no acknowledged increment lost",
         run: proofs::durability,
+    },
+    Proof {
+        name: "store-outage",
+        claim: "a store outage is not a service outage: every Redis server stopped under load, no failed `GET /`, state routes answer 503 within the store timeout, all recover by themselves",
+        run: proofs::store_outage,
+    },
+    Proof {
+        name: "protocols",
+        claim: "HTTP/2 cleartext, gRPC health and the WebSocket echo work through the balancer, with real clients (curl, grpcio, websockets)",
+        run: proofs::protocols,
+    },
+    Proof {
+        name: "memory",
+        claim: "memory cannot be exhausted: 1 MiB values PUT until refused, on the memory store in a 64 MiB container and on the stack's Redis: a 507, no container OOM-killed, reads work, deleting makes room",
+        run: proofs::memory_bounded,
     },
 ];
 
@@ -105,51 +133,107 @@ struct Outcome {
     result: Result<Figures, String>,
 }
 
+/// What the command line asked for.
+struct Options {
+    keep: bool,
+    build: bool,
+    only: Option<Vec<String>>,
+    cluster: bool,
+    seed: Option<u64>,
+}
+
+const USAGE: &str =
+    "usage: cargo xtask e2e [--cluster [--seed N]] [--keep] [--no-build] [--only NAME,...]";
+
 pub(crate) fn run(args: &[String]) -> Result<()> {
-    let mut keep = false;
-    let mut build = true;
-    let mut only: Option<Vec<String>> = None;
+    let mut options = Options {
+        keep: false,
+        build: true,
+        only: None,
+        cluster: false,
+        seed: None,
+    };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--keep" => keep = true,
-            "--no-build" => build = false,
+            "--keep" => options.keep = true,
+            "--no-build" => options.build = false,
+            "--cluster" => options.cluster = true,
+            "--seed" => {
+                let seed = args.next().context("--seed needs a number")?;
+                options.seed = Some(seed.parse().with_context(|| format!("--seed {seed}"))?);
+            }
             "--only" => {
                 let names = args
                     .next()
                     .context("--only needs a comma-separated list of proofs")?;
-                only = Some(names.split(',').map(str::to_string).collect());
+                options.only = Some(names.split(',').map(str::to_string).collect());
             }
             other => bail!(
-                "unknown argument `{other}`\n\nusage: cargo xtask e2e [--keep] [--no-build] [--only NAME,...]\nproofs: {}",
-                PROOFS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                "unknown argument `{other}`\n\n{USAGE}\nproofs: {}\nwith --cluster: {}",
+                PROOFS.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
+                machines::PROOFS
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
-    if let Some(names) = &only
-        && let Some(unknown) = names.iter().find(|n| !PROOFS.iter().any(|p| p.name == *n))
+    ensure!(
+        options.cluster || options.seed.is_none(),
+        "--seed chooses the machines a fault hits: it needs --cluster"
+    );
+    let names: Vec<&str> = if options.cluster {
+        machines::PROOFS.iter().map(|p| p.name).collect()
+    } else {
+        PROOFS.iter().map(|p| p.name).collect()
+    };
+    if let Some(only) = &options.only
+        && let Some(unknown) = only.iter().find(|n| !names.contains(&n.as_str()))
     {
         bail!("no proof named `{unknown}`");
+    }
+    if options.cluster {
+        return machines::run(&options);
     }
 
     let started = Instant::now();
     let sh = image::project_shell()?;
-    let ctx = prepare(sh, build)?;
-    let teardown = Teardown { sh: &ctx.sh, keep };
+    let ctx = prepare(sh, options.build)?;
+    let teardown = Teardown {
+        sh: &ctx.sh,
+        keep: options.keep,
+    };
     stack::down(&ctx.sh, true)?;
     stack::up(&ctx.sh)?;
+    let outcomes = run_proofs(PROOFS, options.only.as_deref(), &ctx, baseline);
+    drop(teardown);
+    finish(
+        &ctx,
+        &options,
+        &outcomes,
+        started.elapsed(),
+        (Section::OneEngine, "one-node Swarm"),
+    )
+}
 
+/// Runs each proof that `only` names (all without it) after the suite's baseline, printing
+/// its figures as it goes.
+fn run_proofs<C>(
+    proofs: &[Proof<C>],
+    only: Option<&[String]>,
+    ctx: &C,
+    baseline: fn(&C) -> Result<()>,
+) -> Vec<Outcome> {
     let mut outcomes = Vec::new();
-    for proof in PROOFS {
-        if only
-            .as_ref()
-            .is_some_and(|names| !names.iter().any(|n| n == proof.name))
-        {
+    for proof in proofs {
+        if only.is_some_and(|names| !names.iter().any(|n| n == proof.name)) {
             continue;
         }
         println!("\n=== {}: {}", proof.name, proof.claim);
         let proof_started = Instant::now();
-        let result = baseline(&ctx).and_then(|()| (proof.run)(&ctx));
+        let result = baseline(ctx).and_then(|()| (proof.run)(ctx));
         let outcome = Outcome {
             name: proof.name,
             claim: proof.claim,
@@ -167,21 +251,30 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         }
         outcomes.push(outcome);
     }
-    drop(teardown);
+    outcomes
+}
 
+/// Writes the suite's section of `e2e/RESULTS.md` after a full run, and fails if a proof did.
+fn finish(
+    ctx: &Ctx,
+    options: &Options,
+    outcomes: &[Outcome],
+    total: Duration,
+    (section, setup): (Section, &str),
+) -> Result<()> {
     let failed: Vec<&str> = outcomes
         .iter()
         .filter(|o| o.result.is_err())
         .map(|o| o.name)
         .collect();
-    if only.is_none() && build {
-        write_results(&ctx, &outcomes, started.elapsed())?;
+    if options.only.is_none() && options.build {
+        write_results(ctx, outcomes, total, section, setup)?;
     }
     println!(
         "\ne2e: {} of {} proofs passed in {:.0?}",
         outcomes.len() - failed.len(),
         outcomes.len(),
-        started.elapsed()
+        total
     );
     if !failed.is_empty() {
         bail!("failed: {}", failed.join(", "));
@@ -190,7 +283,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 }
 
 /// Builds the images the proofs need and keeps a copy of the binary as the check client.
-fn prepare(sh: Shell, build: bool) -> Result<Ctx> {
+pub(crate) fn prepare(sh: Shell, build: bool) -> Result<Ctx> {
     image::ensure_base_images(&sh)?;
     let version = image::crate_version(&sh)?;
     let check_bin = image::target_dir(&sh)?.join("e2e").join("hello-world");
@@ -255,7 +348,7 @@ impl Drop for Teardown<'_> {
 /// the balancer up, and the balancer sending traffic to all three.
 fn baseline(ctx: &Ctx) -> Result<()> {
     let sh = &ctx.sh;
-    let (_, desired) = stack::replicas(sh, stack::WEB)?;
+    let (_, desired) = stack::Engine::Host.replicas(sh, stack::WEB)?;
     if desired != 3 {
         let web = stack::WEB;
         cmd!(sh, "docker service scale --detach {web}=3")
@@ -265,12 +358,12 @@ fn baseline(ctx: &Ctx) -> Result<()> {
     }
     stack::wait_until(
         Duration::from_secs(120),
-        "the stack to be back to 3/3 web, 1/1 lb and redis",
+        "the stack to be back to 3/3 web, 1/1 lb, 3 Redis and 3 Sentinels",
         || {
-            Ok(stack::replicas(sh, stack::WEB)? == (3, 3)
+            Ok(stack::Engine::Host.replicas(sh, stack::WEB)? == (3, 3)
                 && stack::task_containers(sh, stack::WEB)?.len() == 3
-                && stack::replicas(sh, stack::LB)? == (1, 1)
-                && stack::replicas(sh, stack::REDIS)? == (1, 1))
+                && stack::Engine::Host.replicas(sh, stack::LB)? == (1, 1)
+                && stack::Engine::Host.store_running(sh)?)
         },
     )?;
     stack::wait_until(
@@ -337,6 +430,18 @@ impl Load {
         Ok(())
     }
 
+    /// Stops the check as Ctrl-C would (it still reports) and parses its report: for a load
+    /// that only has to outlast an operation of unknown length.
+    pub(crate) fn stop(self) -> Result<Check> {
+        let pid = self.child.id().to_string();
+        let stopped = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .context("running kill")?;
+        ensure!(stopped.success(), "kill -INT {pid} failed");
+        self.finish()
+    }
+
     /// Waits for the check to end and parses its report.
     pub(crate) fn finish(mut self) -> Result<Check> {
         let mut stdout = String::new();
@@ -369,6 +474,28 @@ impl Drop for Load {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `hello-world check <url> <args> --json` run inside `container` (the image carries the check
+/// client), so it reaches what only the stack's network reaches. Never echoed: the arguments
+/// may carry the admin token.
+pub(crate) fn check_inside(sh: &Shell, container: &str, url: &str, args: &[&str]) -> Result<Check> {
+    let output = cmd!(
+        sh,
+        "docker exec {container} /hello-world check {url} {args...} --json"
+    )
+    .quiet()
+    .ignore_status()
+    .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = serde_json::from_str(&stdout).with_context(|| {
+        format!(
+            "check inside {}: not a JSON report: {stdout}{}",
+            short_name(container),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    Ok(Check { json })
 }
 
 /// The `--json` report of one `hello-world check` run.
@@ -409,14 +536,52 @@ impl Check {
             .unwrap_or_default()
     }
 
+    /// Responses with this status.
+    pub(crate) fn status(&self, code: u16) -> u64 {
+        self.json["status"][code.to_string()].as_u64().unwrap_or(0)
+    }
+
     /// Responses per replica (`x-served-by`).
     pub(crate) fn replicas(&self) -> BTreeMap<String, u64> {
         self.map("replicas")
     }
 
+    /// Responses per machine (`x-node`).
+    pub(crate) fn machines(&self) -> BTreeMap<String, u64> {
+        self.map("machines")
+    }
+
+    /// The machine each replica named.
+    pub(crate) fn replica_machines(&self) -> BTreeMap<String, String> {
+        self.json["replica_machines"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// "node-1 33.4 %, node-2 33.3 %, node-3 33.3 %".
+    pub(crate) fn machine_spread(&self) -> String {
+        let machines = self.machines();
+        let total: u64 = machines.values().sum();
+        machines
+            .iter()
+            .map(|(name, n)| format!("{name} {:.1} %", 100.0 * *n as f64 / total.max(1) as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Responses per version (`x-version`).
     pub(crate) fn versions(&self) -> BTreeMap<String, u64> {
         self.map("versions")
+    }
+
+    /// Responses per status code.
+    pub(crate) fn statuses(&self) -> BTreeMap<String, u64> {
+        self.map("status")
     }
 
     pub(crate) fn latency_ms(&self, which: &str) -> f64 {
@@ -473,6 +638,24 @@ impl Check {
 
 /// `hello-world_web.2.k3j2x9…` → `web.2.k3j2x9`: the slot and enough of the task id to tell a
 /// replacement from the task it replaced.
+/// Waits (within `within`) until a kv write through `addr` is acknowledged again, then deletes
+/// it. With replicated Redis a write is acknowledged once a replica has it, so after an outage
+/// this comes seconds after reads do: the store has recovered only then.
+fn wait_for_acknowledged_write(addr: &str, within: Duration) -> Result<()> {
+    const KEY: &str = "/api/kv/e2e-recovery-write";
+    stack::wait_until(within, "a kv write to be acknowledged again", || {
+        let answer = http::request_with_body(addr, "PUT", KEY, &[], b"back")?;
+        Ok((200..300).contains(&answer.status))
+    })?;
+    let deleted = http::request(addr, "DELETE", KEY, &[])?;
+    ensure!(
+        (200..300).contains(&deleted.status),
+        "DELETE of the write that showed recovery answered {}",
+        deleted.status
+    );
+    Ok(())
+}
+
 pub(crate) fn short_name(task: &str) -> String {
     let name = task.strip_prefix("hello-world_").unwrap_or(task);
     let mut parts = name.splitn(3, '.');
@@ -484,8 +667,64 @@ pub(crate) fn short_name(task: &str) -> String {
     }
 }
 
-/// The `e2e/RESULTS.md` a reader opens to see the evidence.
-fn write_results(ctx: &Ctx, outcomes: &[Outcome], total: Duration) -> Result<()> {
+/// The two suites, each with its own section of `e2e/RESULTS.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    OneEngine,
+    Cluster,
+}
+
+impl Section {
+    /// The comment that opens the section in the file, so a suite replaces only its own.
+    fn marker(self) -> &'static str {
+        match self {
+            Section::OneEngine => "<!-- e2e: one engine -->",
+            Section::Cluster => "<!-- e2e: three machines -->",
+        }
+    }
+}
+
+/// `text` with `section` replaced by `body` (or added), the other section kept as it was. A
+/// file from before the sections existed is all the one-engine section.
+fn replace_section(text: &str, section: Section, body: &str) -> String {
+    let sections = [Section::OneEngine, Section::Cluster];
+    let mut parts: Vec<String> = sections
+        .iter()
+        .map(|s| {
+            let Some(start) = text.find(s.marker()) else {
+                return String::new();
+            };
+            let rest = &text[start..];
+            let end = sections
+                .iter()
+                .filter_map(|other| rest[1..].find(other.marker()).map(|at| at + 1))
+                .min()
+                .unwrap_or(rest.len());
+            rest[..end].trim_end().to_string()
+        })
+        .collect();
+    if parts.iter().all(String::is_empty) && !text.trim().is_empty() {
+        parts[0] = format!("{}\n{}", Section::OneEngine.marker(), text.trim_end());
+    }
+    let index = sections.iter().position(|s| *s == section).unwrap_or(0);
+    parts[index] = format!("{}\n{}", section.marker(), body.trim_end());
+    let mut out = parts
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    out.push('\n');
+    out
+}
+
+/// The `e2e/RESULTS.md` a reader opens to see the evidence: this suite's section.
+fn write_results(
+    ctx: &Ctx,
+    outcomes: &[Outcome],
+    total: Duration,
+    section: Section,
+    setup: &str,
+) -> Result<()> {
     let sh = &ctx.sh;
     let commit = image::git_commit(sh);
     let format = "{{.Server.Version}}";
@@ -503,17 +742,33 @@ fn write_results(ctx: &Ctx, outcomes: &[Outcome], total: Duration) -> Result<()>
     let passed = outcomes.iter().filter(|o| o.result.is_ok()).count();
 
     let mut md = String::new();
-    writeln!(md, "# End-to-end proofs on Docker Swarm\n")?;
+    match section {
+        Section::OneEngine => {
+            writeln!(md, "# End-to-end proofs on Docker Swarm\n")?;
+            writeln!(
+                md,
+                "Written by `cargo xtask e2e` — do not edit. Each proof drives load with `hello-world check` \
+                 through the HAProxy balancer (`{}`) of the stack in `deploy/swarm/`, applies a fault or an \
+                 operation, and asserts on the check's JSON report.\n",
+                stack::LB_URL
+            )?;
+        }
+        Section::Cluster => {
+            writeln!(md, "# Machine failures on three machines\n")?;
+            writeln!(
+                md,
+                "Written by `cargo xtask e2e --cluster` — do not edit. The same stack on the \
+                 three-machine cluster (`cargo xtask cluster up`): each proof drives load with \
+                 `hello-world check` through the external balancer (`{}`, deploy/cluster/), \
+                 breaks a machine (chosen from the seed below), and asserts on the check's JSON \
+                 report and on what the Swarm says.\n",
+                stack::LB_URL
+            )?;
+        }
+    }
     writeln!(
         md,
-        "Written by `cargo xtask e2e` — do not edit. Each proof drives load with `hello-world check` \
-         through the HAProxy balancer (`{}`) of the stack in `deploy/swarm/`, applies a fault or an \
-         operation, and asserts on the check's JSON report.\n",
-        stack::LB_URL
-    )?;
-    writeln!(
-        md,
-        "- run: {date}, commit `{commit}`, version `{}` (update target `{}`)\n- machine: {cpus} CPUs, Docker Engine {docker} (one-node Swarm)\n- result: **{passed} of {} proofs passed** in {:.0?}\n",
+        "- run: {date}, commit `{commit}`, version `{}` (update target `{}`)\n- machine: {cpus} CPUs, Docker Engine {docker} ({setup})\n- result: **{passed} of {} proofs passed** in {:.0?}\n",
         ctx.version,
         ctx.next_version,
         outcomes.len(),
@@ -540,7 +795,8 @@ fn write_results(ctx: &Ctx, outcomes: &[Outcome], total: Duration) -> Result<()>
         }
     }
     let path: PathBuf = crate::project_root().join("e2e").join("RESULTS.md");
-    write_file(&path, &md)?;
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    write_file(&path, &replace_section(&existing, section, &md))?;
     println!("e2e: wrote {}", path.display());
     Ok(())
 }
@@ -550,6 +806,55 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// HTTP/2 cleartext, gRPC health and the WebSocket echo through the balancer at `addr`: curl
+/// with prior knowledge, and the real Python clients of the integration tests (grpcio,
+/// websockets) from the project's `.venv`, which `.ci/run` makes.
+fn protocols_through(sh: &Shell, addr: &str) -> Result<Figures> {
+    let url = format!("http://{addr}/");
+    let format = "%{http_version} %{http_code}";
+    let h2 = cmd!(
+        sh,
+        "curl --silent --show-error --max-time 5 --http2-prior-knowledge --output /dev/null --write-out {format} {url}"
+    )
+    .quiet()
+    .read()
+    .context("curl --http2-prior-knowledge")?;
+    ensure!(
+        h2.trim() == "2 200",
+        "GET / over h2c answered {h2:?}, not \"2 200\""
+    );
+    let root = crate::project_root();
+    let python = root.join(".venv/bin/python");
+    ensure!(
+        python.is_file(),
+        "{} is missing: python3 -m venv .venv && .venv/bin/pip install -r crates/hello-world/tests/requirements.txt",
+        python.display()
+    );
+    let script = root.join("crates/hello-world/tests/it/py/through_balancer.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(addr)
+        .output()
+        .context("running through_balancer.py")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "through_balancer.py: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut figures = vec![(
+        "h2c".to_string(),
+        "GET / with prior knowledge (curl): HTTP/2 200".to_string(),
+    )];
+    for line in stdout.lines() {
+        if let Some((what, said)) = line.split_once(": ") {
+            figures.push((what.to_string(), said.to_string()));
+        }
+    }
+    Ok(figures)
 }
 
 #[cfg(test)]
@@ -574,6 +879,23 @@ mod tests {
         let check = Check { json };
         let err = check.assert_no_failures().expect_err("one request failed");
         assert!(err.to_string().contains("1 of 10 requests failed"), "{err}");
+    }
+
+    #[test]
+    fn each_suite_rewrites_only_its_own_section_of_the_results() {
+        let old = "# End-to-end proofs on Docker Swarm\n\nold one-engine run\n";
+        let with_cluster = replace_section(old, Section::Cluster, "# Machines\nfirst");
+        assert!(with_cluster.starts_with("<!-- e2e: one engine -->\n# End-to-end proofs"));
+        assert!(with_cluster.contains("old one-engine run"));
+        assert!(with_cluster.ends_with("<!-- e2e: three machines -->\n# Machines\nfirst\n"));
+        let again = replace_section(&with_cluster, Section::OneEngine, "# Swarm\nnew run");
+        assert!(!again.contains("old one-engine run"));
+        assert!(again.starts_with("<!-- e2e: one engine -->\n# Swarm\nnew run\n\n"));
+        assert!(again.contains("# Machines\nfirst"));
+        assert_eq!(
+            replace_section(&again, Section::OneEngine, "# Swarm\nnew run"),
+            again
+        );
     }
 
     #[test]

@@ -4,21 +4,26 @@
 //! |---|---|
 //! | `cargo xtask ci` | every check and test: fmt, clippy, unit + integration tests, then the rest below |
 //! | `cargo xtask manifests` | render, validate and policy-scan the Kubernetes manifests; lint the Dockerfile and the GKE script |
-//! | `cargo xtask image` | the `FROM scratch` service image and the HAProxy/Redis base images |
+//! | `cargo xtask image [--push REPO \| --reproduce]` | the `FROM scratch` service image for amd64 and arm64 with its SBOM, checked (arm64 under emulation); the index pushed; the binaries rebuilt and compared; the HAProxy/Redis base images |
 //! | `cargo xtask stack up\|down` | the Docker Swarm stack: 3 replicas behind HAProxy, with Redis |
+//! | `cargo xtask cluster up\|down\|status` | three machines (Docker engines in containers) as one Swarm, a registry, an external balancer |
 //! | `cargo xtask e2e` | the end-to-end proofs on Swarm; writes `e2e/RESULTS.md` |
+//! | `cargo xtask budget` | instructions per `GET /` against bare axum, within the budget CI holds (callgrind) |
+//! | `cargo xtask fuzz [--time S] [--only NAME]` | every fuzz target of `fuzz/` for a bounded time, two at a time |
 //! | `cargo xtask bench [--quick] [--only NAME]` | ours vs Flask, gunicorn, Go and nginx; writes `bench/RESULTS.md` and charts |
-//! | `cargo xtask layout` | record which functions a start runs, for the linker's code layout (`crates/hello-world/layout/`) |
 //!
 //! Each command lives in its own module; this file only dispatches.
 
 use std::process::ExitCode;
 
 mod bench;
+mod budget;
 mod ci;
+mod cluster;
 mod e2e;
+mod fuzz;
 mod image;
-mod layout;
+mod image_checks;
 mod manifests;
 mod stack;
 
@@ -27,11 +32,14 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   ci        run every check and test (the README's test command)
   manifests check the Kubernetes manifests, the Dockerfile and the GKE script offline
-  image     build the container images (service, HAProxy, Redis)
+  image     build and check the container images (service for amd64 + arm64 with SBOMs, HAProxy,
+            Redis) [--push REPOSITORY] [--reproduce]
   stack     up | down [--volumes]: run the Swarm stack on this machine
+  cluster   up | down [--volumes] | status: the stack on three machines (engines in containers)
   e2e       prove balancing, failover, updates, scaling and consistency on Swarm
+  budget    count the instructions of a GET / against bare axum; fail over the budget
+  fuzz      fuzz every parser of client input, each for a bounded time [--time S] [--only NAME]
   bench     measure ours against the references; writes bench/RESULTS.md [--quick] [--only NAME]
-  layout    record the functions a start runs (needs valgrind); rewrites crates/hello-world/layout/
 ";
 
 fn main() -> ExitCode {
@@ -45,9 +53,11 @@ fn main() -> ExitCode {
         "manifests" => manifests::run(rest),
         "image" => image::run(rest),
         "stack" => stack::run(rest),
+        "cluster" => cluster::run(rest),
         "e2e" => e2e::run(rest),
+        "fuzz" => fuzz::run(rest),
         "bench" => bench::run(rest),
-        "layout" => layout::run(rest),
+        "budget" => budget::run(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

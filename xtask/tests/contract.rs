@@ -23,7 +23,6 @@ const MEMORY_LIMIT_BYTES: u64 = 64 << 20;
 const CPU_REQUEST_MILLIS: u64 = 50;
 const MEMORY_REQUEST_BYTES: u64 = 16 << 20;
 const IMAGE_NAME: &str = "hello-world";
-const REDIS_URL: &str = "redis://redis:6379";
 const INSTALL_HINT: &str = "run .ci/run's install step, or by hand: \
      python3 -m venv .venv && .venv/bin/pip install -r deploy/k8s/requirements-ci.txt";
 
@@ -177,6 +176,17 @@ impl Rendering {
             .collect()
     }
 
+    /// The gRPC service and port a probe asks (`grpc:`).
+    fn probe_grpc(&self, probe: &str) -> (String, u64) {
+        let grpc = at(self.container(), &[probe, "grpc"])
+            .unwrap_or_else(|| panic!("overlay {}: no {probe} with grpc", self.overlay));
+        let service = str_at(grpc, &["service"]).expect("grpc names its service");
+        let port = at(grpc, &["port"])
+            .and_then(Value::as_u64)
+            .expect("a grpc probe's port is a number");
+        (service.to_owned(), port)
+    }
+
     fn probe_path(&self, probe: &str) -> (String, u64) {
         let get = at(self.container(), &[probe, "httpGet"])
             .unwrap_or_else(|| panic!("overlay {}: no {probe} with httpGet", self.overlay));
@@ -215,8 +225,12 @@ impl Stack {
             "{} is missing: the Swarm stack and the Kubernetes manifests are held to one contract",
             path.display()
         );
-        let file = serde_yaml_ng::from_str(&read(&path))
+        let mut file: Value = serde_yaml_ng::from_str(&read(&path))
             .unwrap_or_else(|err| panic!("{} does not parse: {err}", path.display()));
+        // The Redis servers and Sentinels share their settings through `<<: *anchor`, as
+        // Docker's compose loader applies it.
+        file.apply_merge()
+            .unwrap_or_else(|err| panic!("{}: merge keys: {err}", path.display()));
         Stack { dir, file }
     }
 
@@ -464,9 +478,10 @@ fn probes_use_the_contract_paths_on_the_public_port() {
     let contract = Contract::read();
     for k8s in Rendering::all() {
         let public = contract.public_port;
+        // The gRPC health service's name for this replica (crates/hello-world/src/api/grpc.rs).
         assert_eq!(
-            k8s.probe_path("startupProbe"),
-            ("/healthz".to_owned(), public)
+            k8s.probe_grpc("startupProbe"),
+            ("hello-world".to_owned(), public)
         );
         assert_eq!(
             k8s.probe_path("livenessProbe"),
@@ -600,32 +615,460 @@ fn both_give_each_replica_the_same_cpu_and_memory() {
     );
 }
 
+/// How many Redis servers (a primary and its replicas) and Sentinels every deployment runs.
+const REDIS_MEMBERS: usize = 3;
+
+/// The words of `--name value` among `words`, or None.
+fn flag_value(words: &[String], name: &str) -> Option<String> {
+    words
+        .windows(2)
+        .find(|pair| pair[0] == format!("--{name}"))
+        .map(|pair| pair[1].clone())
+}
+
+/// A container's command and args, as words.
+fn container_words(container: &Value) -> Vec<String> {
+    ["command", "args"]
+        .iter()
+        .filter_map(|field| at(container, &[field]).and_then(Value::as_sequence))
+        .flatten()
+        .map(scalar)
+        .collect()
+}
+
+/// A Kubernetes container's plain `env` values (those given as `value:`).
+fn k8s_env(container: &Value) -> BTreeMap<String, String> {
+    at(container, &["env"])
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter_map(|var| {
+            Some((
+                str_at(var, &["name"])?.to_owned(),
+                scalar(at(var, &["value"])?),
+            ))
+        })
+        .collect()
+}
+
+impl Rendering {
+    /// The Redis StatefulSet's container of this name.
+    fn redis_container(&self, name: &str) -> &Value {
+        at(
+            self.get("StatefulSet", "redis"),
+            &["spec", "template", "spec", "containers"],
+        )
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .find(|container| str_at(container, &["name"]) == Some(name))
+        .unwrap_or_else(|| panic!("overlay {}: no container `{name}` in redis", self.overlay))
+    }
+}
+
+impl Stack {
+    /// The services whose names start with `prefix` (`redis-`, `sentinel-`), by name.
+    fn members(&self, prefix: &str) -> Vec<(&str, &Value)> {
+        self.services()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .collect()
+    }
+}
+
+/// The store's shape, the same under both orchestrators: three Redis servers and three
+/// Sentinels, one of each per machine, the service finding the primary through all three
+/// Sentinels under one master name, the same quorum, the same failure detection, the same
+/// refusal of writes without a replica in sync, and the same start script.
 #[test]
-fn both_keep_the_shared_state_in_the_redis_service() {
+fn both_replicate_redis_over_three_machines_under_three_sentinels() {
+    let stack = Stack::read();
+    let (web_name, web) = stack.web();
+    let web_env = Stack::env(web);
+    let servers = stack.members("redis-");
+    let sentinels = stack.members("sentinel-");
+    assert_eq!(servers.len(), REDIS_MEMBERS, "the stack's Redis servers");
+    assert_eq!(sentinels.len(), REDIS_MEMBERS, "the stack's Sentinels");
+    let master = web_env
+        .get("HELLO_REDIS_MASTER_NAME")
+        .cloned()
+        .unwrap_or_else(|| panic!("{web_name} names no master"));
+    let swarm_sentinels: Vec<String> = web_env
+        .get("HELLO_REDIS_SENTINEL")
+        .unwrap_or_else(|| panic!("{web_name} has no HELLO_REDIS_SENTINEL"))
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let mut expected: Vec<String> = sentinels
+        .iter()
+        .map(|(name, _)| format!("{name}:26379"))
+        .collect();
+    expected.sort();
+    let mut named = swarm_sentinels.clone();
+    named.sort();
+    assert_eq!(
+        named, expected,
+        "{web_name} asks every Sentinel of the stack"
+    );
+    assert!(
+        !web_env.contains_key("HELLO_REDIS_URL"),
+        "{web_name}: a URL would bypass the Sentinels"
+    );
+
+    // One of each per machine: each server and each Sentinel has a placement of its own.
+    let constraints = |members: &[(&str, &Value)]| -> Vec<String> {
+        let mut all: Vec<String> = members
+            .iter()
+            .map(|(name, service)| {
+                let list = at(service, &["deploy", "placement", "constraints"])
+                    .and_then(Value::as_sequence)
+                    .unwrap_or_else(|| panic!("{name} has no placement constraint"));
+                assert_eq!(list.len(), 1, "{name}: one constraint");
+                assert_eq!(
+                    u64_at(service, &["deploy", "replicas"]),
+                    Some(1),
+                    "{name}: one task"
+                );
+                scalar(&list[0])
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let server_slots = constraints(&servers);
+    let mut distinct = server_slots.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        REDIS_MEMBERS,
+        "each server on a machine of its own"
+    );
+    assert_eq!(
+        constraints(&sentinels),
+        server_slots,
+        "a Sentinel beside each server"
+    );
+
+    let swarm_server_words: Vec<Vec<String>> = servers
+        .iter()
+        .map(|(name, service)| {
+            at(service, &["command"])
+                .and_then(Value::as_sequence)
+                .unwrap_or_else(|| panic!("{name} has no command"))
+                .iter()
+                .map(scalar)
+                .collect()
+        })
+        .collect();
+    let sentinel_env: Vec<BTreeMap<String, String>> =
+        sentinels.iter().map(|(_, s)| Stack::env(s)).collect();
+    let server_env: Vec<BTreeMap<String, String>> =
+        servers.iter().map(|(_, s)| Stack::env(s)).collect();
+    let script = read(&root().join("deploy/swarm/redis-start.sh"));
+
+    for k8s in Rendering::all() {
+        let overlay = &k8s.overlay;
+        let statefulset = k8s.get("StatefulSet", "redis");
+        assert_eq!(
+            u64_at(statefulset, &["spec", "replicas"]),
+            Some(REDIS_MEMBERS as u64),
+            "overlay {overlay}: Redis pods"
+        );
+        let env = k8s.container_env();
+        assert_eq!(
+            env.get("HELLO_REDIS_MASTER_NAME"),
+            Some(&master),
+            "overlay {overlay}"
+        );
+        assert!(!env.contains_key("HELLO_REDIS_URL"), "overlay {overlay}");
+        assert_eq!(
+            env.get("HELLO_REDIS_WAIT_REPLICAS"),
+            web_env.get("HELLO_REDIS_WAIT_REPLICAS"),
+            "overlay {overlay}: replicas that confirm a write"
+        );
+        let pods: Vec<String> = env
+            .get("HELLO_REDIS_SENTINEL")
+            .unwrap_or_else(|| panic!("overlay {overlay}: no HELLO_REDIS_SENTINEL"))
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        let expected: Vec<String> = (0..REDIS_MEMBERS)
+            .map(|n| format!("redis-{n}.redis:26379"))
+            .collect();
+        assert_eq!(pods, expected, "overlay {overlay}: every Sentinel, by pod");
+
+        // Hard anti-affinity: never two members on one node.
+        let anti = at(
+            statefulset,
+            &[
+                "spec",
+                "template",
+                "spec",
+                "affinity",
+                "podAntiAffinity",
+                "requiredDuringSchedulingIgnoredDuringExecution",
+            ],
+        )
+        .and_then(Value::as_sequence)
+        .unwrap_or_else(|| panic!("overlay {overlay}: Redis has no hard anti-affinity"));
+        assert!(
+            anti.iter()
+                .any(|term| str_at(term, &["topologyKey"]) == Some("kubernetes.io/hostname")),
+            "overlay {overlay}: anti-affinity by node"
+        );
+        let budget = k8s.get("PodDisruptionBudget", "redis");
+        assert_eq!(
+            u64_at(budget, &["spec", "maxUnavailable"]),
+            Some(1),
+            "overlay {overlay}: at most one member down by choice"
+        );
+
+        let server = k8s.redis_container("redis");
+        let sentinel = k8s.redis_container("sentinel");
+        let words = container_words(server);
+        for words_swarm in &swarm_server_words {
+            for flag in ["min-replicas-to-write", "min-replicas-max-lag"] {
+                assert_eq!(
+                    flag_value(&words, flag),
+                    flag_value(words_swarm, flag),
+                    "overlay {overlay}: --{flag}"
+                );
+                assert!(flag_value(&words, flag).is_some(), "--{flag} is set");
+            }
+        }
+        assert_eq!(
+            flag_value(&words, "min-replicas-to-write").as_deref(),
+            Some("1"),
+            "a primary without a replica in sync refuses writes"
+        );
+        let k8s_server_env = k8s_env(server);
+        let k8s_sentinel_env = k8s_env(sentinel);
+        for var in [
+            "HELLO_SENTINEL_QUORUM",
+            "HELLO_SENTINEL_DOWN_AFTER_MS",
+            "HELLO_REDIS_MASTER_NAME",
+        ] {
+            for swarm in &sentinel_env {
+                assert_eq!(
+                    k8s_sentinel_env.get(var),
+                    swarm.get(var),
+                    "overlay {overlay}: the Sentinels' {var}"
+                );
+            }
+        }
+        for swarm in &server_env {
+            assert_eq!(
+                k8s_server_env.get("HELLO_REDIS_MASTER_NAME"),
+                swarm.get("HELLO_REDIS_MASTER_NAME"),
+                "overlay {overlay}: the servers' master name"
+            );
+        }
+        let quorum: usize = k8s_sentinel_env["HELLO_SENTINEL_QUORUM"]
+            .parse()
+            .expect("a quorum is a number");
+        assert_eq!(quorum, REDIS_MEMBERS / 2 + 1, "a majority of the Sentinels");
+        assert_eq!(
+            k8s_sentinel_env.get("HELLO_REDIS_MASTER_NAME"),
+            Some(&master),
+            "overlay {overlay}: the Sentinels watch the master the service asks for"
+        );
+
+        let config = k8s.get("ConfigMap", "redis-start");
+        assert_eq!(
+            str_at(config, &["data", "redis-start.sh"]),
+            Some(script.as_str()),
+            "overlay {overlay}: the ConfigMap's start script is deploy/swarm/redis-start.sh"
+        );
+        let redis_service = k8s.get("Service", "redis");
+        assert_eq!(str_at(redis_service, &["spec", "clusterIP"]), Some("None"));
+    }
+}
+
+/// The allocator's settings (`MIMALLOC_*`) are the image's everywhere: the orchestrators set
+/// them again, so an image run by hand, the stack and the Deployment all get the same.
+#[test]
+fn both_give_the_allocator_the_images_settings() {
+    let dockerfile = read(&root().join("deploy/Dockerfile"));
+    let image: BTreeMap<String, String> = dockerfile
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .flat_map(str::split_whitespace)
+        .map(|word| word.trim_end_matches('\\'))
+        .filter_map(|word| word.split_once('='))
+        .filter(|(name, _)| name.starts_with("MIMALLOC_"))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    assert!(
+        image.contains_key("MIMALLOC_ARENA_RESERVE") && image.contains_key("MIMALLOC_ALLOW_THP"),
+        "deploy/Dockerfile sets {image:?}"
+    );
+    let allocator = |env: BTreeMap<String, String>| -> BTreeMap<String, String> {
+        env.into_iter()
+            .filter(|(name, _)| name.starts_with("MIMALLOC_"))
+            .collect()
+    };
     for k8s in Rendering::all() {
         assert_eq!(
-            k8s.container_env()
-                .get("HELLO_REDIS_URL")
-                .map(String::as_str),
-            Some(REDIS_URL),
+            allocator(k8s.container_env()),
+            image,
             "overlay {}",
             k8s.overlay
         );
-        // The URL's host is the headless Service in front of the Redis StatefulSet.
-        let redis = k8s.get("Service", "redis");
-        assert_eq!(str_at(redis, &["spec", "clusterIP"]), Some("None"));
-        k8s.get("StatefulSet", "redis");
     }
     let stack = Stack::read();
     let (name, web) = stack.web();
-    assert_eq!(
-        Stack::env(web).get("HELLO_REDIS_URL").map(String::as_str),
-        Some(REDIS_URL),
-        "{name}"
-    );
+    assert_eq!(allocator(Stack::env(web)), image, "{name}");
+}
+
+/// The Kubernetes Secret the admin token comes from; the GKE script creates it.
+const ADMIN_SECRET: &str = "hello-world-admin-token";
+
+#[test]
+fn both_read_the_admin_token_from_a_secret_that_is_never_committed() {
+    for k8s in Rendering::all() {
+        let file = k8s
+            .container_env()
+            .get("HELLO_ADMIN_TOKEN_FILE")
+            .cloned()
+            .unwrap_or_else(|| panic!("overlay {}: no HELLO_ADMIN_TOKEN_FILE", k8s.overlay));
+        let (dir, key) = file.rsplit_once('/').expect("an absolute path");
+        let mount = at(k8s.container(), &["volumeMounts"])
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .find(|mount| str_at(mount, &["mountPath"]) == Some(dir))
+            .unwrap_or_else(|| panic!("overlay {}: nothing mounted at {dir}", k8s.overlay));
+        assert_eq!(at(mount, &["readOnly"]), Some(&Value::Bool(true)));
+        let volume_name = str_at(mount, &["name"]).expect("a mount names its volume");
+        let volume = at(k8s.deployment(), &["spec", "template", "spec", "volumes"])
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .find(|volume| str_at(volume, &["name"]) == Some(volume_name))
+            .unwrap_or_else(|| panic!("overlay {}: no volume {volume_name}", k8s.overlay));
+        assert_eq!(
+            str_at(volume, &["secret", "secretName"]),
+            Some(ADMIN_SECRET),
+            "overlay {}",
+            k8s.overlay
+        );
+        let items = at(volume, &["secret", "items"])
+            .and_then(Value::as_sequence)
+            .expect("the token is mounted by key");
+        assert!(
+            items
+                .iter()
+                .any(|item| str_at(item, &["key"]) == Some("token")
+                    && str_at(item, &["path"]) == Some(key)),
+            "overlay {}: key `token` at {file}",
+            k8s.overlay
+        );
+        assert!(
+            k8s.all_of_kind("Secret").next().is_none(),
+            "overlay {}: a Secret in the manifests would be committed with its value",
+            k8s.overlay
+        );
+    }
+    let commands = printed_commands(&deploy_script(&[
+        "--dry-run",
+        "--project=hello-world-ci",
+        "--tag=ci",
+    ]));
+    let create = commands
+        .iter()
+        .find(|command| command.contains(&format!("create secret generic {ADMIN_SECRET} ")))
+        .expect("the GKE script creates the admin token Secret");
     assert!(
-        stack.services().any(|(service, _)| service == "redis"),
-        "the stack has no `redis` service for {REDIS_URL}"
+        create.contains("--from-file=token="),
+        "the token goes through a file, never a command line: {create}"
+    );
+
+    let stack = Stack::read();
+    let (name, web) = stack.web();
+    let file = Stack::env(web)
+        .get("HELLO_ADMIN_TOKEN_FILE")
+        .cloned()
+        .unwrap_or_else(|| panic!("{name}: no HELLO_ADMIN_TOKEN_FILE"));
+    let target = file
+        .strip_prefix("/run/secrets/")
+        .unwrap_or_else(|| panic!("{name}: {file} is not a Swarm secret"));
+    let mounted = at(web, &["secrets"])
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .find(|secret| str_at(secret, &["target"]) == Some(target))
+        .unwrap_or_else(|| panic!("{name}: no secret mounted as {target}"));
+    assert_eq!(str_at(mounted, &["uid"]), Some("65532"));
+    let source = str_at(mounted, &["source"]).expect("a secret has a source");
+    let secret = at(&stack.file, &["secrets", source])
+        .unwrap_or_else(|| panic!("the stack defines no secret {source}"));
+    let from = str_at(secret, &["file"]).expect("the secret comes from a file");
+    let default = from
+        .strip_prefix("${ADMIN_TOKEN_FILE:-")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("`cargo xtask stack up` passes ADMIN_TOKEN_FILE: {from}"));
+    let ignored = Command::new("git")
+        .args(["check-ignore", "--quiet"])
+        .arg(stack.dir.join(default))
+        .status()
+        .expect("running git check-ignore");
+    assert!(ignored.success(), "{default} must be git-ignored");
+}
+
+/// Redis's memory, the same under both orchestrators: a `maxmemory` below the container's limit,
+/// leaving room for what Redis does not count in it (the fork that rewrites the append-only
+/// file, client buffers, fragmentation), and `noeviction`, so that a full Redis refuses writes
+/// (answered 507) instead of being killed by the kernel or silently dropping data.
+#[test]
+fn both_bound_redis_memory_below_its_limit_and_never_evict() {
+    let mut seen = Vec::new();
+    for k8s in Rendering::all() {
+        let container = k8s.redis_container("redis");
+        let words = container_words(container);
+        let limit = at(container, &["resources", "limits", "memory"])
+            .map(|memory| k8s_bytes(&scalar(memory)))
+            .unwrap_or_else(|| panic!("overlay {}: Redis has no memory limit", k8s.overlay));
+        seen.push((format!("overlay {}", k8s.overlay), words, limit));
+    }
+    let stack = Stack::read();
+    for (name, redis) in stack.members("redis-") {
+        let words: Vec<String> = at(redis, &["command"])
+            .and_then(Value::as_sequence)
+            .expect("the stack's redis has a command list")
+            .iter()
+            .map(scalar)
+            .collect();
+        let limit = at(redis, &["deploy", "resources", "limits", "memory"])
+            .map(|memory| swarm_bytes(&scalar(memory)))
+            .expect("the stack's redis has a memory limit");
+        seen.push((format!("the stack's {name}"), words, limit));
+    }
+    assert_eq!(seen.len(), Rendering::all().len() + REDIS_MEMBERS);
+
+    let mut values = Vec::new();
+    for (place, words, limit) in &seen {
+        let setting = |name: &str| {
+            words
+                .windows(2)
+                .find(|pair| pair[0] == format!("--{name}"))
+                .map(|pair| pair[1].clone())
+                .unwrap_or_else(|| panic!("{place}: Redis runs without --{name}: {words:?}"))
+        };
+        let maxmemory = redis_bytes(&setting("maxmemory"));
+        let policy = setting("maxmemory-policy");
+        assert_eq!(policy, "noeviction", "{place}");
+        assert!(
+            maxmemory * 4 <= limit * 3,
+            "{place}: maxmemory {maxmemory} leaves less than a quarter of the {limit}-byte limit"
+        );
+        values.push((maxmemory, policy, *limit));
+    }
+    assert!(
+        values.windows(2).all(|pair| pair[0] == pair[1]),
+        "Redis's memory differs between deployments: {:?}",
+        seen.iter()
+            .map(|(place, _, _)| place)
+            .zip(&values)
+            .collect::<Vec<_>>()
     );
 }
 
@@ -734,7 +1177,7 @@ fn every_cluster_setting_can_be_overridden() {
     );
     assert!(
         commands.iter().any(|command| command
-            == "docker push europe-west1-docker.pkg.dev/hello-world-ci/images/hello-world:ci"),
+            == "cargo xtask image --push europe-west1-docker.pkg.dev/hello-world-ci/images/hello-world --tag ci"),
         "{commands:#?}"
     );
 }
@@ -770,11 +1213,26 @@ fn the_dry_run_overlay_puts_the_pushed_images_into_the_gke_manifests() {
     std::fs::remove_dir_all(&dir).ok();
 
     let registry = "us-central1-docker.pkg.dev/hello-world-ci/hello-world";
+    // Pinned to the digest of the image index that `cargo xtask image --push` printed.
     let image = str_at(rendering.container(), &["image"]).expect("an image");
-    assert!(
-        image.starts_with(&format!("{registry}/hello-world@sha256:")),
-        "{image}"
+    assert_eq!(
+        image,
+        format!("{registry}/hello-world@sha256:PUSHED_INDEX_DIGEST"),
+        "{stdout}"
     );
+    let push = stdout
+        .lines()
+        .position(|line| {
+            line.starts_with(&format!(
+                "+ cargo xtask image --push {registry}/hello-world --tag ci"
+            ))
+        })
+        .expect("the dry run pushes the index");
+    let apply = stdout
+        .lines()
+        .position(|line| line.starts_with("+ kubectl apply -k "))
+        .expect("the dry run applies");
+    assert!(push < apply, "the index is pushed before it is deployed");
     let redis = at(
         rendering.get("StatefulSet", "redis"),
         &["spec", "template", "spec", "containers"],
@@ -965,6 +1423,26 @@ fn swarm_bytes(quantity: &str) -> u64 {
     number.parse::<u64>().expect("a memory quantity") * factor
 }
 
+/// Redis's own sizes: `k`, `m`, `g` are powers of ten, `kb`, `mb`, `gb` powers of two.
+fn redis_bytes(quantity: &str) -> u64 {
+    let lower = quantity.to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(digits_end);
+    let factor = match unit {
+        "" | "b" => 1,
+        "k" => 1_000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        _ => panic!("Redis size {quantity:?}: unknown unit"),
+    };
+    number.parse::<u64>().expect("a Redis size") * factor
+}
+
 #[test]
 fn quantities_and_durations_read_as_their_orchestrators_read_them() {
     assert_eq!(k8s_cpu_millis("500m"), 500);
@@ -974,6 +1452,9 @@ fn quantities_and_durations_read_as_their_orchestrators_read_them() {
     assert_eq!(k8s_bytes("64M"), 64_000_000);
     assert_eq!(swarm_bytes("64M"), 64 << 20);
     assert_eq!(swarm_bytes("16m"), 16 << 20);
+    assert_eq!(redis_bytes("192mb"), 192 << 20);
+    assert_eq!(redis_bytes("200m"), 200_000_000);
+    assert_eq!(redis_bytes("1gb"), 1 << 30);
     assert_eq!(duration("30s"), Duration::from_secs(30));
     assert_eq!(duration("1m30s"), Duration::from_secs(90));
     assert_eq!(duration("250ms"), Duration::from_millis(250));
@@ -984,4 +1465,106 @@ fn quantities_and_durations_read_as_their_orchestrators_read_them() {
     );
     assert_eq!(image_name("${HELLO_IMAGE:-hello-world:dev}"), "hello-world");
     assert_eq!(image_name("localhost:5000/hello-world:1"), "hello-world");
+}
+
+// ---------------------------------------------------------------------------------------------
+// What differs on three machines (`cargo xtask cluster`): the same stack file, placed per machine
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_stack_spreads_its_replicas_over_machines_and_runs_a_balancer_on_each() {
+    let stack = Stack::read();
+    let (name, web) = stack.web();
+    let spread = at(web, &["deploy", "placement", "preferences"])
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter_map(|preference| str_at(preference, &["spread"]))
+        .collect::<Vec<_>>();
+    assert!(
+        spread
+            .iter()
+            .any(|key| *key == "node.hostname" || *key == "node.id"),
+        "Swarm service {name}: spread over machines (placement.preferences), found {spread:?}"
+    );
+    // Three replicas must fit on the two machines left when one is lost.
+    if let Some(max) = u64_at(web, &["deploy", "placement", "max_replicas_per_node"]) {
+        assert!(
+            max * 2 >= REPLICAS,
+            "Swarm service {name}: max_replicas_per_node {max} leaves replicas unscheduled when a machine is lost"
+        );
+    }
+    assert_eq!(
+        Stack::env(web).get("NODE_NAME").map(String::as_str),
+        Some("{{.Node.Hostname}}"),
+        "Swarm service {name}: NODE_NAME names the machine"
+    );
+    let (_, lb) = stack
+        .services()
+        .find(|(service, _)| *service == "lb")
+        .expect("the stack has its balancer, `lb`");
+    assert_eq!(
+        str_at(lb, &["deploy", "mode"]),
+        Some("global"),
+        "one balancer on every machine"
+    );
+    let ports = at(lb, &["ports"])
+        .and_then(Value::as_sequence)
+        .expect("the balancer publishes a port");
+    assert!(
+        ports
+            .iter()
+            .all(|port| str_at(port, &["mode"]) == Some("host")),
+        "each machine's balancer is published on its own machine (host mode): {ports:?}"
+    );
+}
+
+#[test]
+fn the_external_balancer_checks_each_machine_s_balancer_and_outwaits_it() {
+    let external = read(&root().join("deploy/cluster/haproxy.cfg"));
+    let (_, internal) = Stack::read()
+        .config_files()
+        .into_iter()
+        .find(|(file, _)| file.contains("haproxy"))
+        .expect("the stack ships its HAProxy config");
+    let setting = |text: &str, key: &str| -> String {
+        text.lines()
+            .map(str::trim)
+            .find_map(|line| line.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no `{key}` in a balancer config"))
+            .trim()
+            .to_owned()
+    };
+    // It checks what every machine's balancer answers by itself, which fails while that
+    // balancer has no replica to send to.
+    let uri = setting(&internal, "monitor-uri");
+    assert_eq!(
+        setting(&external, "option httpchk"),
+        format!("GET {uri}"),
+        "the external balancer checks the machines' own liveness URI"
+    );
+    assert!(
+        setting(&internal, "monitor fail if").contains("nbsrv("),
+        "a machine's balancer with no live replica fails its liveness"
+    );
+    // A machine that answers gets the time to retry a hung replica before the external
+    // balancer gives up on the machine.
+    let outer = duration(&setting(&external, "timeout server"));
+    let inner = duration(&setting(&internal, "timeout server"));
+    assert!(
+        outer > inner,
+        "external timeout server {outer:?} must exceed the in-cluster {inner:?}"
+    );
+    // It sends to the port each machine's balancer binds.
+    let bind = setting(&internal, "bind");
+    assert!(
+        external
+            .lines()
+            .filter(|l| l.trim().starts_with("server "))
+            .all(
+                |l| l.contains(&format!("{}:", l.split_whitespace().nth(1).unwrap_or("")))
+                    && l.contains(bind.trim_start_matches(':'))
+            ),
+        "every machine is reached on the port its balancer binds ({bind})"
+    );
 }

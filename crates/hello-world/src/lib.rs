@@ -4,9 +4,11 @@
 //!
 //! - [`config`] reads flags and `HELLO_*` environment variables, the one place that does;
 //! - [`server`] binds the public and admin listeners and runs the accept loops, with the
-//!   listener-level defences (header timeout, header size, connection limit) and graceful drain;
-//! - [`observe`] wraps every public request: request id, `x-served-by`, metrics, access log,
-//!   request timeout, fault injection, and the guarantee that every error is JSON;
+//!   listener-level defences (header timeout, header size, connection limit) and graceful drain,
+//!   in HTTP/1.1 or HTTP/2 cleartext as each connection opens, or after `Upgrade: h2c` ([`h2c`]);
+//! - [`observe`] is the middleware around every public route: request id, `x-served-by`,
+//!   metrics, access log, body limit, request timeout, fault injection ([`faults`]), and the
+//!   guarantee that every error is JSON;
 //! - [`api`] holds the public routes, one file per resource; [`admin`] the admin port's routes;
 //! - [`store`] is the shared state (in memory, or Redis) behind one trait in plain verbs;
 //! - [`lifecycle`] owns readiness and the shutdown order; [`metrics`] names every metric;
@@ -15,11 +17,12 @@
 //!   the load-check tool that shows the load balancer at work.
 
 pub mod admin;
-pub mod allocator;
 pub mod api;
 pub mod check;
 pub mod config;
 pub mod error;
+pub mod faults;
+pub mod h2c;
 pub mod healthcheck;
 pub mod lifecycle;
 pub mod metrics;

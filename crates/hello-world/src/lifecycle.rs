@@ -1,8 +1,10 @@
 //! Readiness and the order of shutdown.
 //!
-//! [`Readiness`] is a latch of independent reasons to be out of rotation — starting, draining,
-//! disabled by an operator, store unreachable — so turning one off can never hide another.
-//! `/readyz` reports the first reason that holds.
+//! [`Readiness`] is a latch of independent reasons for this replica to be out of rotation —
+//! starting, draining, disabled by an operator — so turning one off can never hide another.
+//! `/readyz` reports the first reason that holds. Each is about this replica alone: the store
+//! is shared, so its outage is reported ([`crate::store::health`]) but is no reason, or one
+//! outage would take every replica out of rotation at once.
 //!
 //! Shutdown order, when the orchestrator sends SIGTERM (Kubernetes and Swarm both do, then wait
 //! the grace period before SIGKILL), or an operator presses Ctrl-C (SIGINT):
@@ -12,11 +14,9 @@
 //! 3. the listener closes; in-flight requests get the shutdown timeout to finish;
 //! 4. the process exits 0.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use crate::store::Store;
+use tokio::sync::watch;
 
 /// Why this replica should not receive traffic, if it should not.
 #[derive(Debug, Default)]
@@ -24,7 +24,8 @@ pub struct Readiness {
     started: AtomicBool,
     draining: AtomicBool,
     disabled: AtomicBool,
-    store_unreachable: AtomicBool,
+    /// Told of every change, for those that follow readiness (the gRPC health service).
+    changes: watch::Sender<()>,
 }
 
 impl Readiness {
@@ -33,23 +34,27 @@ impl Readiness {
         Self::default()
     }
 
-    /// The listeners are bound and the store answered once (or was given time to).
+    /// The listeners are bound and serving.
     pub fn mark_started(&self) {
         self.started.store(true, Ordering::Release);
+        self.changes.send_replace(());
     }
 
     /// Shutdown began: out of rotation for good.
     pub fn mark_draining(&self) {
         self.draining.store(true, Ordering::Release);
+        self.changes.send_replace(());
     }
 
     /// An operator took this replica out of rotation (`true`) or put it back (`false`).
     pub fn set_disabled(&self, disabled: bool) {
         self.disabled.store(disabled, Ordering::Release);
+        self.changes.send_replace(());
     }
 
-    pub fn set_store_reachable(&self, reachable: bool) {
-        self.store_unreachable.store(!reachable, Ordering::Release);
+    /// Resolves its `changed()` after each change of a reason, from now on.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changes.subscribe()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -64,36 +69,9 @@ impl Readiness {
             Err("starting")
         } else if self.disabled.load(Ordering::Acquire) {
             Err("disabled")
-        } else if self.store_unreachable.load(Ordering::Acquire) {
-            Err("store unreachable")
         } else {
             Ok(())
         }
-    }
-}
-
-/// How often the store is pinged to keep readiness true to it.
-pub const STORE_PING_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Pings the store forever, keeping [`Readiness`] in step with it. Runs until aborted.
-pub async fn watch_store(store: Arc<dyn Store>, readiness: Arc<Readiness>) {
-    let mut was_reachable = true;
-    loop {
-        let reachable = match store.ping().await {
-            Ok(()) => true,
-            Err(err) => {
-                if was_reachable {
-                    tracing::warn!(error = %err, store = store.kind(), "store unreachable: not ready");
-                }
-                false
-            }
-        };
-        if reachable && !was_reachable {
-            tracing::info!(store = store.kind(), "store reachable again: ready");
-        }
-        was_reachable = reachable;
-        readiness.set_store_reachable(reachable);
-        tokio::time::sleep(STORE_PING_INTERVAL).await;
     }
 }
 
@@ -126,12 +104,11 @@ mod tests {
         assert_eq!(readiness.check(), Err("starting"));
         readiness.mark_started();
         assert_eq!(readiness.check(), Ok(()));
-        readiness.set_store_reachable(false);
         readiness.set_disabled(true);
         assert_eq!(readiness.check(), Err("disabled"));
         readiness.set_disabled(false);
-        assert_eq!(readiness.check(), Err("store unreachable"));
-        readiness.set_store_reachable(true);
+        assert_eq!(readiness.check(), Ok(()));
+        readiness.set_disabled(true);
         readiness.mark_draining();
         readiness.set_disabled(false);
         assert_eq!(readiness.check(), Err("draining"));

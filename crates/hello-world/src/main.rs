@@ -7,9 +7,11 @@ use hello_world::config::{Cli, Command, ConfigError};
 use hello_world::server::Server;
 
 // mimalloc everywhere: musl's allocator is slow under threads, glibc's costs more per request
-// (bench/RESULTS.md has the profiles).
+// (bench/RESULTS.md has the profiles). Its settings (how much address space an arena reserves,
+// no transparent huge pages) are its own documented MIMALLOC_* variables, which the image and
+// the manifests set (deploy/Dockerfile says why).
 #[global_allocator]
-static ALLOCATOR: hello_world::allocator::MiMalloc = hello_world::allocator::MiMalloc;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit status for a configuration the program cannot use (EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -26,7 +28,9 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(err) => return bad_config(&err),
             };
-            if let Err(err) = hello_world::telemetry::init(config.log_format, &config.log) {
+            let logs =
+                hello_world::telemetry::subscriber(config.log_format, &config.log, std::io::stdout);
+            if let Err(err) = logs.and_then(hello_world::telemetry::install) {
                 eprintln!("hello-world: {err:#}");
                 return ExitCode::from(EXIT_BAD_CONFIG);
             }

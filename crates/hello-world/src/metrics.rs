@@ -6,7 +6,7 @@
 //! port's `/metrics` in the Prometheus text format; counters carry `_total` and durations are in
 //! seconds, as Prometheus' conventions (and `promtool check metrics`) ask.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
@@ -14,7 +14,9 @@ use http::Method;
 use prometheus_client::collector::Collector;
 use std::fmt::Write as _;
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -25,14 +27,24 @@ use prometheus_client::registry::{Registry, Unit};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: &'static str,
-    route: &'static str,
+    route: RouteLabel,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DurationLabels {
     method: &'static str,
-    route: &'static str,
+    route: RouteLabel,
+}
+
+/// A route template as a label value, shared: recording a request copies no text.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct RouteLabel(Arc<str>);
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
 }
 
 /// A request method as a metric label. Methods outside the standard nine share `other`, so
@@ -69,21 +81,26 @@ impl MethodLabel {
 /// every request ends there; other statuses go through the family.
 #[derive(Debug)]
 pub struct RouteSeries {
-    route: &'static str,
+    route: Arc<str>,
     durations: [OnceLock<Histogram>; MethodLabel::NAMES.len()],
     ok: [OnceLock<Counter>; MethodLabel::NAMES.len()],
 }
 
 impl RouteSeries {
     /// The route template (or `unmatched`), as metrics and logs name it.
-    pub fn route(&self) -> &'static str {
-        self.route
+    pub fn route(&self) -> &str {
+        &self.route
     }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreLabels {
     operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,9 +117,19 @@ pub struct Metrics {
     durations: Family<DurationLabels, Histogram>,
     in_flight: Gauge,
     connections_open: Gauge,
+    websockets_open: Gauge,
     connections_rejected: Counter,
+    bodies_waiting: Gauge,
     store_operations: Family<StoreLabels, Counter>,
     store_errors: Family<StoreLabels, Counter>,
+    store_full: Family<StoreLabels, Counter>,
+    admin_refused: Family<RefusalLabels, Counter>,
+    store_unavailable: Family<RefusalLabels, Counter>,
+    store_up: Gauge,
+    /// Each route template's series, made the first time a request matched it. Only templates
+    /// the router holds (and `unmatched`) are ever here, so this stays as short as the route
+    /// list, and a look along it costs less than hashing the template would.
+    routes: RwLock<Vec<Arc<RouteSeries>>>,
 }
 
 impl Default for Metrics {
@@ -145,11 +172,23 @@ impl Metrics {
             "Connections open on the public port",
             connections_open.clone(),
         );
+        let websockets_open = Gauge::default();
+        registry.register(
+            "websockets_open",
+            "WebSockets open on /ws/echo",
+            websockets_open.clone(),
+        );
         let connections_rejected = Counter::default();
         registry.register(
             "http_connections_rejected",
             "Connections closed at once because the connection limit was reached",
             connections_rejected.clone(),
+        );
+        let bodies_waiting = Gauge::default();
+        registry.register(
+            "http_request_bodies_waiting",
+            "Requests with a body waiting for room in the body budget (--body-budget)",
+            bodies_waiting.clone(),
         );
         let store_operations = Family::<StoreLabels, Counter>::default();
         registry.register(
@@ -162,6 +201,30 @@ impl Metrics {
             "store_errors",
             "Store calls that failed (unreachable or timed out), by operation",
             store_errors.clone(),
+        );
+        let store_full = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "store_full",
+            "Writes the store refused for want of room (the memory store's budget, Redis's maxmemory), by operation",
+            store_full.clone(),
+        );
+        let store_unavailable = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "store_unavailable",
+            "Store calls the store could not serve, by the reason a client is told (\"connection refused\", \"sentinels disagree\", \"not confirmed by a replica\"...)",
+            store_unavailable.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 while the shared-state store answers, 0 while it does not (or before its first answer)",
+            store_up.clone(),
+        );
+        let admin_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "admin_requests_refused",
+            "Admin port requests refused for want of a credential, by reason",
+            admin_refused.clone(),
         );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -182,19 +245,51 @@ impl Metrics {
             durations,
             in_flight,
             connections_open,
+            websockets_open,
             connections_rejected,
+            bodies_waiting,
             store_operations,
             store_errors,
+            store_full,
+            admin_refused,
+            store_unavailable,
+            routes: RwLock::default(),
+            store_up,
         }
     }
 
-    /// The series of one route template; series appear in `/metrics` once a request used them.
-    pub fn route_series(&self, route: &'static str) -> RouteSeries {
-        RouteSeries {
-            route,
+    /// The series of one route template (never a raw path: callers pass the template that
+    /// matched, or `unmatched`); they appear in `/metrics` once a request used them.
+    pub fn route_series(&self, template: &str) -> Arc<RouteSeries> {
+        let find = |routes: &[Arc<RouteSeries>]| {
+            routes
+                .iter()
+                .find(|series| &*series.route == template)
+                .cloned()
+        };
+        let known = find(
+            &self
+                .routes
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        if let Some(series) = known {
+            return series;
+        }
+        let mut routes = self
+            .routes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(series) = find(&routes) {
+            return series;
+        }
+        let series = Arc::new(RouteSeries {
+            route: Arc::from(template),
             durations: Default::default(),
             ok: Default::default(),
-        }
+        });
+        routes.push(series.clone());
+        series
     }
 
     /// Records one answered request.
@@ -207,7 +302,7 @@ impl Metrics {
     ) {
         let request_labels = || RequestLabels {
             method: method.as_str(),
-            route: series.route,
+            route: RouteLabel(series.route.clone()),
             status,
         };
         if status == 200 {
@@ -222,7 +317,7 @@ impl Metrics {
                 self.durations
                     .get_or_create(&DurationLabels {
                         method: method.as_str(),
-                        route: series.route,
+                        route: RouteLabel(series.route.clone()),
                     })
                     .clone()
             })
@@ -235,23 +330,64 @@ impl Metrics {
         InFlight(self.in_flight.clone())
     }
 
+    /// Counts an open WebSocket until the guard drops.
+    pub fn websocket_opened(&self) -> InFlight {
+        self.websockets_open.inc();
+        InFlight(self.websockets_open.clone())
+    }
+
     /// Counts an open connection until the guard drops.
     pub fn connection_opened(&self) -> InFlight {
         self.connections_open.inc();
         InFlight(self.connections_open.clone())
     }
 
+    /// Counts a request waiting for room in the body budget until the guard drops.
+    pub fn body_waiting(&self) -> InFlight {
+        self.bodies_waiting.inc();
+        InFlight(self.bodies_waiting.clone())
+    }
+
     pub fn connection_rejected(&self) {
         self.connections_rejected.inc();
     }
 
-    /// Records one store call and whether it failed.
-    pub fn record_store_operation(&self, operation: &'static str, failed: bool) {
+    /// Records one store call, whether it failed, and whether the store refused it as full.
+    pub fn record_store_operation(&self, operation: &'static str, failed: bool, full: bool) {
         let labels = StoreLabels { operation };
         self.store_operations.get_or_create(&labels).inc();
         if failed {
             self.store_errors.get_or_create(&labels).inc();
         }
+        if full {
+            self.store_full.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Counts one store call that could not be served, by its reason: one of the store's fixed
+    /// few words (`StoreError::unavailable_reason`), never a message from outside.
+    pub fn record_store_unavailable(&self, reason: &'static str) {
+        self.store_unavailable
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+
+    /// Whether the store answers, as this replica last found it.
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+
+    /// Counts one admin request refused; `reason` is one of the admin port's fixed few.
+    pub fn admin_request_refused(&self, reason: &'static str) {
+        self.admin_refused
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+
+    /// Shows the refusal series of `reason` at 0 before any refusal, so an alert on its rate
+    /// has a series from the start.
+    pub fn admin_refusal_reason(&self, reason: &'static str) {
+        drop(self.admin_refused.get_or_create(&RefusalLabels { reason }));
     }
 
     /// Every metric in the Prometheus text format (version 0.0.4), which every scraper and
@@ -442,7 +578,8 @@ mod tests {
             501,
             Duration::from_micros(90),
         );
-        metrics.record_store_operation("increment", true);
+        metrics.record_store_operation("increment", true, false);
+        metrics.record_store_operation("put", false, true);
         let text = metrics.render();
         assert!(
             text.contains("http_requests_total{method=\"GET\",route=\"/\",status=\"200\"} 2"),
@@ -466,6 +603,10 @@ mod tests {
         );
         assert!(
             text.contains("store_errors_total{operation=\"increment\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("store_full_total{operation=\"put\"} 1"),
             "{text}"
         );
         assert!(text.contains("hello_world_build_info{"), "{text}");

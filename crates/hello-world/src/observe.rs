@@ -1,116 +1,110 @@
-//! The middleware every public request passes through, in one place so its order is visible:
+//! The middleware every public request passes through: one tower [`Layer`] around the public
+//! router, so its order is visible in one place:
 //!
 //! 1. request id: the caller's `x-request-id` when it is sane, else a fresh one;
-//! 2. refusals before any work: HTTP/1.1 without `Host` → 400, a `Content-Length` above the
-//!    body limit → 413 at once (the body is never read);
-//! 3. fault injection (admin-controlled; never on `/healthz` and `/readyz`);
-//! 4. the route, under the request timeout (503 when it runs out);
-//! 5. every error made JSON (axum's own 405s and rejections are plain text or empty);
-//! 6. `x-served-by`, `x-version`, `x-request-id` on the answer; metrics by route template;
-//!    the access log line.
+//! 2. refusals before any work: HTTP/1.1 without `Host`, or any request with two → 400, a
+//!    `Content-Length` above the body limit → 413 at once (the body is never read); a body that
+//!    streams past the limit is cut off there, which [`crate::api::read_body`] answers 413.
+//!    This is the one place that applies `--body-limit`;
+//! 3. the body budget (`--body-budget`): a request with a body reserves its `Content-Length`
+//!    (the body limit when it declares none) from one budget shared by all requests, waits
+//!    while it is spent, and keeps the reservation until its route has answered, so bodies in
+//!    flight stay within it however many clients send at once;
+//! 4. fault injection ([`crate::faults`]; never on `/healthz` and `/readyz`);
+//! 5. the route, under the request timeout (503 when it runs out, waiting for the body budget
+//!    included);
+//! 6. every error made JSON ([`crate::error::json_errors`]: axum's own 405s and rejections are
+//!    plain text or empty);
+//! 7. `x-served-by`, `x-version`, `x-node` (when known), `x-request-id` on the answer; metrics
+//!    by route template; the access log line.
 //!
-//! Metrics and logs name the route template, never the raw path; unmatched paths share the
-//! label `unmatched`. [`Observe`] wraps the whole router and finds the template itself, in a
-//! table built from the same list axum routes with ([`api::Routes`]): wrapping each route
-//! instead (`Router::layer`) would box and clone every request through two more services.
+//! [`public_app`] installs it with `Router::layer`, which runs it after routing, around each
+//! route and the fallback: the route template that metrics and logs name is the one axum
+//! matched ([`MatchedPath`]), so every path is matched once, and unmatched paths share the
+//! label `unmatched`.
 //!
-//! This runs on every request, so the common case allocates nothing but a fresh request id: a
-//! route with a direct answer ([`api::Direct`]: `GET /`, the probes) is answered here without
-//! the router, and a route that answers on its first poll with a success or a JSON error is
-//! finished in place, without boxing. Anything else (faults switched on, a refusal, an error
-//! body to rewrite) takes a boxed slow path, and the request timer is armed only for a route
-//! that has to wait.
+//! This runs on every request, so the common case stays cheap: no timer is armed until the
+//! route has to wait (most answer on their first poll), and only the rare cases (a body to
+//! read, faults switched on, a refusal, an error body to rewrite) box a future. `cargo xtask ci` holds the
+//! whole pipeline to an instruction budget against a bare axum hello world.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
-use axum::routing::future::RouteFuture;
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
-use http_body_util::BodyExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, header};
+use http_body::Body as _;
 use pin_project_lite::pin_project;
-use tower::Service;
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
 
-use crate::api::{self, AppState, Direct};
-use crate::error::ApiError;
-use crate::metrics::{InFlight, MethodLabel, Metrics, RouteSeries};
+use crate::api::AppState;
+use crate::error::{ApiError, is_json_or_success, json_errors};
+use crate::metrics::{InFlight, MethodLabel, RouteSeries};
 
 pub static X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
 pub static X_VERSION: HeaderName = HeaderName::from_static("x-version");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The machine the replica runs on, when the orchestrator says (`NODE_NAME`): with it a client
+/// sees requests spread over machines, not only over replicas.
+pub static X_NODE: HeaderName = HeaderName::from_static("x-node");
 
 /// The public application: routes, fallback and middleware, ready to serve.
-pub fn public_app(state: AppState) -> Observe {
-    let routes = api::routes();
-    let table = RouteTable::new(&routes, &state.metrics);
-    let router = routes
-        .into_router()
+pub fn public_app(state: AppState) -> Router {
+    crate::api::router()
         .fallback(not_found)
-        .with_state(state.clone());
-    Observe {
-        router,
-        shared: Arc::new(Shared { state, table }),
-    }
+        .layer(ObserveLayer::new(state.clone()))
+        .with_state(state)
 }
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::not_found("no route for this path").with("path", request.uri().path())
 }
 
-/// Which route template a path belongs to, with each template's metric series and direct
-/// answer.
-#[derive(Debug)]
-struct RouteTable {
-    matcher: matchit::Router<usize>,
-    routes: Vec<RouteSeries>,
-    direct: Vec<Option<Direct>>,
-    unmatched: RouteSeries,
+/// Installs [`Observe`] around a service (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    shared: Arc<Shared>,
 }
 
-impl RouteTable {
-    fn new(routes: &api::Routes, metrics: &Metrics) -> Self {
-        let mut matcher = matchit::Router::new();
-        let mut series = Vec::new();
-        let mut direct = Vec::new();
-        for (index, (template, answer)) in routes.templates().enumerate() {
-            matcher
-                .insert(template, index)
-                .expect("axum accepted the same templates");
-            series.push(metrics.route_series(template));
-            direct.push(answer);
-        }
+impl ObserveLayer {
+    pub fn new(state: AppState) -> Self {
+        let unmatched = state.metrics.route_series("unmatched");
+        let stamps = Stamps::new(
+            &state.config.instance_name,
+            state.config.downward.node.as_deref(),
+        );
+        // Never below one body of the limit's size, which would wait forever: `config` refuses
+        // such a budget, and a `Config` built by hand gets the limit.
+        let budget = state.config.body_budget.max(state.config.body_limit);
+        let bodies = Semaphore::new(kibibytes(budget) as usize);
         Self {
-            matcher,
-            routes: series,
-            direct,
-            unmatched: metrics.route_series("unmatched"),
+            shared: Arc::new(Shared {
+                state,
+                stamps,
+                unmatched,
+                bodies,
+            }),
         }
     }
+}
 
-    /// The route a path reaches, or `None` for the fallback.
-    fn find(&self, path: &str) -> Option<usize> {
-        self.matcher.at(path).ok().map(|found| *found.value)
-    }
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
 
-    fn series(&self, route: Option<usize>) -> &RouteSeries {
-        route.map_or(&self.unmatched, |index| &self.routes[index])
-    }
-
-    /// The route's direct answer to `method`, if it has one (`GET` and `HEAD` only).
-    fn direct(&self, route: Option<usize>, method: &Method) -> Option<Direct> {
-        if method != Method::GET && method != Method::HEAD {
-            return None;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            shared: self.shared.clone(),
         }
-        self.direct[route?]
     }
 }
 
@@ -118,66 +112,105 @@ impl RouteTable {
 #[derive(Debug)]
 struct Shared {
     state: AppState,
-    table: RouteTable,
+    stamps: Stamps,
+    /// The series of paths no route matched, made once.
+    unmatched: Arc<RouteSeries>,
+    /// The body budget, in KiB: requests with a body hold a reservation of it while they run.
+    bodies: Semaphore,
 }
 
-/// The middleware around the public router (see the module docs).
+impl Shared {
+    /// Reserves `kib` of the body budget, waiting (and counted as waiting) while it is spent.
+    async fn reserve_body(&self, kib: u32) -> tokio::sync::SemaphorePermit<'_> {
+        let _waiting = (self.bodies.available_permits() < kib as usize)
+            .then(|| self.state.metrics.body_waiting());
+        self.bodies
+            .acquire_many(kib)
+            .await
+            .expect("the body budget is never closed")
+    }
+}
+
+/// The middleware around one route of the public router (see the module docs).
 #[derive(Debug, Clone)]
-pub struct Observe {
-    router: Router,
+pub struct Observe<S> {
+    inner: S,
     shared: Arc<Shared>,
 }
 
-/// A hyper service rather than a tower one: hyper calls it by reference, so a request clones
-/// nothing but the router's reference count.
-impl<B> hyper::service::Service<http::Request<B>> for Observe
+impl<S> Service<Request> for Observe<S>
 where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = ObserveFuture;
+    type Future = ObserveFuture<S::Future>;
 
-    fn call(&self, request: http::Request<B>) -> ObserveFuture {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
         let shared = &self.shared;
-        let route = shared.table.find(request.uri().path());
+        let state = &shared.state;
+        let route = request.extensions().get::<MatchedPath>();
+        let is_probe = route.is_some_and(|route| matches!(route.as_str(), "/healthz" | "/readyz"));
+        let series = match route {
+            Some(route) => state.metrics.route_series(route.as_str()),
+            None => shared.unmatched.clone(),
+        };
         let seen = Seen {
             started: Instant::now(),
-            in_flight: shared.state.metrics.in_flight(),
+            in_flight: state.metrics.in_flight(),
             method: MethodLabel::of(request.method()),
-            route,
+            series,
             request_id: request_id(request.headers()),
             uri: request.uri().clone(),
+            version: request.version(),
         };
-        let state = &shared.state;
-        let stage = if let Some(refusal) = refuse_early(&request, state.config.body_limit) {
-            // The route's future is never made, so the body is never read.
+        let body_limit = state.config.body_limit;
+        let reservation = body_reservation(&request, body_limit);
+        let stage = if let Some(refusal) = refuse_early(&request, body_limit) {
+            // The route is never called, so the body is never read.
             Stage::Slow {
                 answer: Box::pin(std::future::ready(refusal.into_response())),
             }
-        } else if state.faults.active() {
-            let is_probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+        } else if reservation.is_some() || state.faults.active() {
             let faults = state.faults.clone();
-            let routed = self.route(request.map(Body::new));
-            let timed = with_timeout(state.config.request_timeout, seen.started, routed);
+            let shared = shared.clone();
+            let request_timeout = state.config.request_timeout;
+            let started = seen.started;
+            // The service that was made ready goes into the future; a clone stays for the next
+            // request (tower's rule for calling a service later).
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
             Stage::Slow {
                 answer: Box::pin(async move {
-                    match faults.roll(is_probe).await {
-                        Some(injected) => injected.into_response(),
-                        None => json_errors(timed.await).await,
+                    let routed = async {
+                        // Held until the route has answered, by when its body has been read.
+                        let _reserved = match reservation {
+                            Some(kib) => Some(shared.reserve_body(kib).await),
+                            None => None,
+                        };
+                        if let Some(injected) = faults.roll(is_probe).await {
+                            return injected.into_response();
+                        }
+                        match inner.call(limit_body(request, body_limit)).await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        }
+                    };
+                    let deadline = tokio::time::Instant::from_std(started) + request_timeout;
+                    match tokio::time::timeout_at(deadline, routed).await {
+                        Ok(response) => json_errors(response).await,
+                        Err(_) => timed_out(request_timeout),
                     }
                 }),
             }
-        } else if let Some(answer) = shared.table.direct(route, request.method()) {
-            // For HEAD too: hyper sends the headers of the GET and leaves the body out.
-            // The body stays hyper's: a direct answer never reads it, so it is not boxed.
-            Stage::Answered {
-                response: Some(answer(state, request.headers())),
-            }
         } else {
             Stage::Routed {
-                route: self.route(request.map(Body::new)),
+                route: self.inner.call(limit_body(request, body_limit)),
                 deadline: None,
             }
         };
@@ -189,42 +222,34 @@ where
     }
 }
 
-impl Observe {
-    fn route(&self, request: Request) -> RouteFuture<Infallible> {
-        // The router is always ready (axum documents it), so no `poll_ready` first.
-        self.router.clone().call(request)
-    }
-}
-
 /// What [`Observe`] keeps of a request for its answer and its log line.
 struct Seen {
     started: Instant,
     in_flight: InFlight,
     method: MethodLabel,
-    route: Option<usize>,
+    series: Arc<RouteSeries>,
     request_id: HeaderValue,
     uri: Uri,
+    version: Version,
 }
 
 pin_project! {
-    /// The answer to one public request (see the module docs for its two paths).
-    pub struct ObserveFuture {
+    /// The answer to one public request.
+    pub struct ObserveFuture<F> {
         shared: Arc<Shared>,
         seen: Option<Seen>,
         #[pin]
-        stage: Stage,
+        stage: Stage<F>,
     }
 }
 
 pin_project! {
     #[project = StageProj]
-    enum Stage {
-        /// A direct answer ([`api::Direct`]), made when the request came.
-        Answered { response: Option<Response> },
+    enum Stage<F> {
         /// The route runs; its timer is armed the first time it has to wait.
         Routed {
             #[pin]
-            route: RouteFuture<Infallible>,
+            route: F,
             deadline: Option<Pin<Box<tokio::time::Sleep>>>,
         },
         /// Faults, refusals and error bodies to rewrite: rare, so boxed.
@@ -232,29 +257,22 @@ pin_project! {
     }
 }
 
-impl Future for ObserveFuture {
+impl<F> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let state = &this.shared.state;
         let response = loop {
             match this.stage.as_mut().project() {
-                StageProj::Answered { response } => {
-                    let response = response.take().expect("an answer is taken once");
-                    if is_json_or_success(&response) {
-                        break response;
-                    }
-                    this.stage.set(Stage::Slow {
-                        answer: Box::pin(json_errors(response)),
-                    });
-                }
                 StageProj::Routed { route, deadline } => {
                     let response = match route.poll(cx) {
                         Poll::Ready(Ok(response)) => response,
                         Poll::Ready(Err(never)) => match never {},
                         Poll::Pending => {
-                            let request_timeout = state.config.request_timeout;
+                            let request_timeout = this.shared.state.config.request_timeout;
                             let timer = deadline.get_or_insert_with(|| {
                                 let started = this
                                     .seen
@@ -286,24 +304,19 @@ impl Future for ObserveFuture {
     }
 }
 
+/// How the access log names a request's protocol.
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
 fn timed_out(request_timeout: Duration) -> Response {
     ApiError::unavailable("request timed out")
         .with("timeout_ms", request_timeout.as_millis() as u64)
         .into_response()
-}
-
-/// The route under the request timeout, for the slow path.
-async fn with_timeout(
-    request_timeout: Duration,
-    started: Instant,
-    route: RouteFuture<Infallible>,
-) -> Response {
-    let deadline = tokio::time::Instant::from_std(started) + request_timeout;
-    match tokio::time::timeout_at(deadline, route).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(never)) => match never {},
-        Err(_) => timed_out(request_timeout),
-    }
 }
 
 /// Stamps the answer, records it, logs it.
@@ -312,28 +325,21 @@ fn finish(shared: &Shared, seen: Seen, mut response: Response) -> Response {
         started,
         in_flight,
         method,
-        route,
+        series,
         request_id,
         uri,
+        version,
     } = seen;
     let state = &shared.state;
     let headers = response.headers_mut();
-    match headers.get_mut(&X_REQUEST_ID) {
-        // Stamped in advance ([`stamp_in_advance`]): only the id is missing.
-        Some(id) if *id == UNSET_REQUEST_ID => *id = request_id,
-        _ => {
-            headers.insert(X_SERVED_BY.clone(), state.served_by.clone());
-            headers.insert(X_VERSION.clone(), HeaderValue::from_static(crate::VERSION));
-            headers.insert(X_REQUEST_ID.clone(), request_id);
-        }
-    }
+    shared.stamps.apply(headers);
+    headers.insert(X_REQUEST_ID.clone(), request_id);
 
     let elapsed = started.elapsed();
     let status = response.status();
-    let series = shared.table.series(route);
     state
         .metrics
-        .record_request(series, method, status.as_u16(), elapsed);
+        .record_request(&series, method, status.as_u16(), elapsed);
     drop(in_flight);
     let slow = elapsed >= state.config.slow_request;
     if state.config.access_log || status.is_server_error() || slow {
@@ -349,6 +355,7 @@ fn finish(shared: &Shared, seen: Seen, mut response: Response) -> Response {
                     method = method.as_str(),
                     route = series.route(),
                     path = uri.path(),
+                    protocol = protocol(version),
                     status = status.as_u16(),
                     latency_ms,
                     request_id,
@@ -366,21 +373,38 @@ fn finish(shared: &Shared, seen: Seen, mut response: Response) -> Response {
     response
 }
 
-/// What `x-request-id` holds in headers stamped in advance until [`finish`] writes the
-/// request's own id over it. Not a valid id (ids are visible ASCII), so no caller can send it.
-static UNSET_REQUEST_ID: HeaderValue = HeaderValue::from_static("");
+/// The headers that say who answered, on every answer: `x-served-by`, `x-version`, and
+/// `x-node` when the replica knows its machine. Made once from the config.
+#[derive(Debug, Clone)]
+struct Stamps {
+    served_by: HeaderValue,
+    node: Option<HeaderValue>,
+}
 
-/// Puts the stamps every answer carries into headers made once and cloned for each answer
-/// (such as [`crate::api::hello`]'s greeting): [`finish`] then writes only the request id,
-/// instead of inserting three headers into every answer.
-pub(crate) fn stamp_in_advance(headers: &mut HeaderMap, served_by: &HeaderValue) {
-    headers.insert(X_SERVED_BY.clone(), served_by.clone());
-    headers.insert(X_VERSION.clone(), HeaderValue::from_static(crate::VERSION));
-    headers.insert(X_REQUEST_ID.clone(), UNSET_REQUEST_ID.clone());
+impl Stamps {
+    /// Panics unless both are valid header values, which [`crate::config`] checks first.
+    fn new(instance: &str, node: Option<&str>) -> Self {
+        Self {
+            served_by: HeaderValue::from_str(instance)
+                .expect("config validated the instance name as a header value"),
+            node: node.map(|node| {
+                HeaderValue::from_str(node)
+                    .expect("config validated the node name as a header value")
+            }),
+        }
+    }
+
+    fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(X_SERVED_BY.clone(), self.served_by.clone());
+        headers.insert(X_VERSION.clone(), HeaderValue::from_static(crate::VERSION));
+        if let Some(node) = &self.node {
+            headers.insert(X_NODE.clone(), node.clone());
+        }
+    }
 }
 
 /// The caller's request id when it is 1–128 visible ASCII characters, else a fresh one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(given) = headers.get(&X_REQUEST_ID) {
         let bytes = given.as_bytes();
         if (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_graphic()) {
@@ -396,11 +420,22 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
 }
 
-fn refuse_early<B>(request: &http::Request<B>, body_limit: usize) -> Option<ApiError> {
-    if request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
-        return Some(ApiError::bad_request(
-            "HTTP/1.1 requests must carry a Host header",
-        ));
+fn refuse_early(request: &Request, body_limit: usize) -> Option<ApiError> {
+    // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any request with more
+    // than one (two could name two origins, and a proxy and we might pick different ones).
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if request.version() == Version::HTTP_11 => {
+            return Some(ApiError::bad_request(
+                "HTTP/1.1 requests must carry a Host header",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Some(ApiError::bad_request(
+                "a request must carry at most one Host header",
+            ));
+        }
+        _ => {}
     }
     let declared = request
         .headers()
@@ -413,134 +448,50 @@ fn refuse_early<B>(request: &http::Request<B>, body_limit: usize) -> Option<ApiE
     }
 }
 
-/// Whether an answer can go out as it is: anything but an error, or an error that is JSON.
-fn is_json_or_success(response: &Response) -> bool {
-    let status = response.status();
-    !(status.is_client_error() || status.is_server_error())
-        || response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(b"application/json"))
+/// What a request with a body reserves of the body budget, in KiB: its `Content-Length`, or the
+/// body limit when it declares none (chunked). `None` for a request without a body.
+fn body_reservation(request: &Request, body_limit: usize) -> Option<u32> {
+    let body = request.body();
+    if body.is_end_stream() {
+        return None;
+    }
+    let length = body
+        .size_hint()
+        .exact()
+        .map_or(body_limit, |exact| exact.min(body_limit as u64) as usize);
+    Some(kibibytes(length).max(1))
 }
 
-/// Gives error answers that are not JSON yet (axum's 405 and extractor rejections) a JSON body,
-/// keeping their status and headers such as `Allow`.
-pub(crate) async fn json_errors(response: Response) -> Response {
-    if is_json_or_success(&response) {
-        return response;
-    }
-    let status = response.status();
-    let (parts, body) = response.into_parts();
-    let text = match http_body_util::Limited::new(body, 4096).collect().await {
-        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
-            .trim()
-            .to_owned(),
-        Err(_) => String::new(),
-    };
-    let message = if text.is_empty() {
-        status
-            .canonical_reason()
-            .unwrap_or("error")
-            .to_ascii_lowercase()
-    } else {
-        text
-    };
-    let mut error = ApiError::new(status, message);
-    if status == StatusCode::METHOD_NOT_ALLOWED
-        && let Some(allow) = parts.headers.get(header::ALLOW)
-    {
-        error = ApiError::method_not_allowed(allow.clone());
-    }
-    let mut rebuilt = error.into_response();
-    for (name, value) in &parts.headers {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            rebuilt
-                .headers_mut()
-                .entry(name)
-                .or_insert_with(|| value.clone());
-        }
-    }
-    *rebuilt.extensions_mut() = parts.extensions;
-    rebuilt
+/// Bytes in whole KiB, rounded up: the unit of the body budget, so a reservation fits the
+/// semaphore's `u32` for any body limit up to 4 TiB.
+fn kibibytes(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
-/// Faults an operator switches on through the admin port, for resilience demos: a share of
-/// public requests answered 500, and latency added before each. Both off by default.
-#[derive(Debug, Default)]
-pub struct Faults {
-    /// Share of requests to fail, as `f64` bits (0 = off).
-    error_rate: AtomicU64,
-    /// Latency to add, in microseconds (0 = off).
-    latency_us: AtomicU64,
-}
-
-impl Faults {
-    pub fn set(&self, error_rate: f64, latency: Duration) {
-        self.error_rate
-            .store(error_rate.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency_us.store(micros, Ordering::Relaxed);
+/// Cuts the request's body off at the body limit. An empty body (nearly every `GET`) is left
+/// as it is.
+fn limit_body(request: Request, body_limit: usize) -> Request {
+    if request.body().is_end_stream() {
+        return request;
     }
-
-    pub fn error_rate(&self) -> f64 {
-        f64::from_bits(self.error_rate.load(Ordering::Relaxed))
-    }
-
-    pub fn latency(&self) -> Duration {
-        Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
-    }
-
-    /// Whether any fault is switched on.
-    fn active(&self) -> bool {
-        self.error_rate.load(Ordering::Relaxed) != 0 || self.latency_us.load(Ordering::Relaxed) != 0
-    }
-
-    /// Applies the configured faults to one request: waits the added latency, then maybe
-    /// returns the injected error. Probes are exempt, so faults never get replicas restarted.
-    async fn roll(&self, is_probe: bool) -> Option<ApiError> {
-        if is_probe {
-            return None;
-        }
-        let latency = self.latency();
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        let rate = self.error_rate();
-        (rate > 0.0 && fastrand::f64() < rate)
-            .then(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "injected fault"))
-    }
-}
-
-/// A body-less answer with `status`, for tests of [`json_errors`].
-#[cfg(test)]
-fn bare(status: StatusCode) -> Response {
-    let mut response = Response::new(axum::body::Body::empty());
-    *response.status_mut() = status;
-    response
+    request.map(|body| Body::new(http_body_util::Limited::new(body, body_limit)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn bare_errors_become_json_and_keep_allow() {
-        let mut response = bare(StatusCode::METHOD_NOT_ALLOWED);
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
-        let response = json_errors(response).await;
-        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(response.headers()[header::ALLOW], "GET,HEAD");
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
-        assert_eq!(json["error"], "method not allowed");
-        assert_eq!(json["allow"], "GET,HEAD");
+    #[test]
+    fn answers_name_the_machine_only_when_it_is_known() {
+        let mut on_a_machine = HeaderMap::new();
+        Stamps::new("web.1", Some("node-2")).apply(&mut on_a_machine);
+        assert_eq!(on_a_machine[&X_NODE], "node-2");
+        assert_eq!(on_a_machine[&X_SERVED_BY], "web.1");
+        assert_eq!(on_a_machine[&X_VERSION], crate::VERSION);
+        let mut anywhere = HeaderMap::new();
+        Stamps::new("web.1", None).apply(&mut anywhere);
+        assert!(!anywhere.contains_key(&X_NODE));
+        assert_eq!(anywhere[&X_SERVED_BY], "web.1");
     }
 
     #[test]
@@ -552,13 +503,5 @@ mod tests {
         let made = request_id(&headers);
         assert_eq!(made.len(), 16);
         assert!(made.as_bytes().iter().all(u8::is_ascii_hexdigit));
-    }
-
-    #[tokio::test]
-    async fn probes_are_never_faulted() {
-        let faults = Faults::default();
-        faults.set(1.0, Duration::ZERO);
-        assert!(faults.roll(true).await.is_none());
-        assert!(faults.roll(false).await.is_some());
     }
 }

@@ -8,38 +8,62 @@
 //! - a connection limit (a semaphore; connections over it are closed at once and counted);
 //! - graceful shutdown in the order [`crate::lifecycle`] describes.
 //!
+//! Each connection speaks HTTP/1.1 or HTTP/2 cleartext as its first bytes say (hyper-util's
+//! `auto` connection, which reads the first 24 bytes once per connection), or HTTP/1.1 then
+//! HTTP/2 after an `Upgrade: h2c` ([`crate::h2c`]), to the same service. HTTP/2 gets the same
+//! limits in its own terms: at most [`MAX_CONCURRENT_STREAMS`] streams at once (more are
+//! refused with `REFUSED_STREAM`, which clients retry), a header list of at most
+//! [`MAX_HEADER_BYTES`] (431), the same body limit (the middleware's), the same header timeout
+//! (the watchdog counts streams and writes as it counts requests), and a bound on streams the
+//! client resets before they were served ([`MAX_PENDING_RESETS`], the "rapid reset" attack) and
+//! on streams the server resets for the client's errors ([`MAX_ERROR_RESETS`]): past either the
+//! connection is closed with GOAWAY (`ENHANCE_YOUR_CALM`).
+//!
 //! [`Server::bind`] takes a [`Config`] whose ports may be 0, so tests bind ephemeral ports and
 //! read them back; [`Server::run`] takes the shutdown future, so tests stop it themselves.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::Extension;
+use axum::extract::ConnectInfo;
 use axum::response::Response;
 use http::Request;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::Service;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tower::Layer as _;
 
 use crate::api::AppState;
 use crate::config::Config;
+use crate::h2c::{self, Handoff};
 use crate::metrics::Metrics;
-use crate::store::Store;
 use crate::watchdog::{self, Closing, Progress, Watched};
 
-/// Largest request head (request line + headers) accepted; more is answered 431.
+/// Largest request head (request line + headers; for HTTP/2, the header list) accepted; more
+/// is answered 431.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Streams one HTTP/2 connection may have open at once (nginx's default).
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// Streams an HTTP/2 client may reset before the server took them up, at any one time: a burst
+/// of them is the "rapid reset" attack (CVE-2023-44487), work a client makes the server start
+/// and at once throws away, which the stream limit does not bound. Past it: GOAWAY.
+pub const MAX_PENDING_RESETS: usize = 20;
+
+/// Streams the server may reset for a client's protocol errors on one connection before it
+/// closes the connection with GOAWAY (CVE-2025-8671, "made you reset").
+pub const MAX_ERROR_RESETS: usize = 256;
 
 /// Two bound listeners and the state they serve.
 #[derive(Debug)]
@@ -53,16 +77,7 @@ impl Server {
     /// Opens the store the config names and binds both listeners.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
-        let store = crate::store::open(&config, metrics.clone()).await?;
-        Self::bind_with_store(config, store, metrics).await
-    }
-
-    /// Binds both listeners around a store the caller made.
-    pub async fn bind_with_store(
-        config: Config,
-        store: Arc<dyn Store>,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
+        let (store, store_health) = crate::store::open(&config, metrics.clone()).await?;
         let public_addr = SocketAddr::new(config.host, config.port);
         let admin_addr = SocketAddr::new(config.host, config.admin_port);
         let public = TcpListener::bind(public_addr)
@@ -71,7 +86,7 @@ impl Server {
         let admin = TcpListener::bind(admin_addr).await.with_context(|| {
             format!("cannot listen on {admin_addr} (--admin-port / HELLO_ADMIN_PORT)")
         })?;
-        let state = AppState::new(config, store, metrics);
+        let state = AppState::new(config, store, store_health, metrics);
         Ok(Self {
             public,
             admin,
@@ -104,32 +119,36 @@ impl Server {
         } = self;
         let config = &state.config;
 
-        // Readiness follows the store from the first moment: one ping (bounded by the store's
-        // call timeout) before declaring ourselves started, then a watcher.
-        let reachable = state.store.ping().await.is_ok();
-        state.readiness.set_store_reachable(reachable);
-        let watcher = tokio::spawn(crate::lifecycle::watch_store(
-            state.store.clone(),
-            state.readiness.clone(),
-        ));
+        // The store's health is reported, not waited for: readiness is this replica's alone.
+        let watcher = tokio::spawn(crate::store::health::watch(state.store.clone()));
+        // Before the listeners accept, so no gRPC health call sees a status readiness did not set.
+        let grpc_health = tokio::spawn(crate::api::grpc::follow_readiness(state.clone()));
 
         let (stop_tx, stop_rx) = watch::channel(false);
         // No hyper timer: its header timeout costs a timer per request; ours is per connection
-        // (crate::watchdog).
-        let mut http = http1::Builder::new();
-        http.max_header_size(MAX_HEADER_BYTES).keep_alive(true);
+        // (crate::watchdog). `writev(false)`: hyper copies an answer's head and body into one
+        // buffer and sends it with one `write`, which the kernel handles measurably cheaper for
+        // the small answers nearly every request gets than a `writev` of two pieces (0.15 µs of
+        // server CPU per `GET /`, from `/proc` around `wrk -c64`).
+        let http = Arc::new(Protocols::new());
+        let public_app = TowerToHyperService::new(crate::observe::public_app(state.clone()));
         let public_loop = tokio::spawn(accept_loop(
             public,
-            crate::observe::public_app(state.clone()),
+            move |_| public_app.clone(),
             config.header_timeout,
             http.clone(),
             Some(Arc::new(Semaphore::new(config.max_connections))),
             state.metrics.clone(),
             stop_rx.clone(),
         ));
+        // The admin routes decide by the peer's address when no token is set, so each admin
+        // connection's requests carry it.
+        let admin_app = crate::admin::admin_app(state.clone());
         let admin_loop = tokio::spawn(accept_loop(
             admin,
-            TowerToHyperService::new(crate::admin::admin_app(state.clone())),
+            move |peer| {
+                TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(admin_app.clone()))
+            },
             config.header_timeout,
             http,
             None,
@@ -163,6 +182,7 @@ impl Server {
         })
         .await;
         watcher.abort();
+        grpc_health.abort();
         match finished {
             Ok(()) => tracing::info!("all requests finished; exiting"),
             Err(_) => tracing::warn!(
@@ -174,13 +194,40 @@ impl Server {
     }
 }
 
+/// How connections are served: HTTP/1.1 or HTTP/2 as the client opens, and HTTP/2 alone for
+/// a connection upgraded to it. One place sets the limits of both.
+#[derive(Debug)]
+struct Protocols {
+    auto: auto::Builder<TokioExecutor>,
+    upgraded: auto::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new() -> Self {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        // hyper's HTTP/1 head limit is its read buffer's size when no other is set, which
+        // the auto connection does not let us set: so the buffer is the head's size.
+        auto.http1()
+            .max_buf_size(MAX_HEADER_BYTES)
+            .keep_alive(true)
+            .writev(false);
+        auto.http2()
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(MAX_ERROR_RESETS);
+        let upgraded = auto.clone().http2_only();
+        Self { auto, upgraded }
+    }
+}
+
 /// Accepts connections until told to stop, then hands back the graceful-shutdown tracker of the
-/// connections it started.
+/// connections it started. `app` makes the service of one connection from its peer's address.
 async fn accept_loop<S>(
     listener: TcpListener,
-    app: S,
+    app: impl Fn(SocketAddr) -> S,
     header_timeout: Duration,
-    http: http1::Builder,
+    http: Arc<Protocols>,
     limit: Option<Arc<Semaphore>>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -221,14 +268,14 @@ where
         let _ = stream.set_nodelay(true);
         let open = count_connections.then(|| metrics.connection_opened());
         let progress = Arc::new(Progress::default());
-        let connection = http.serve_connection(
-            Watched::new(Coalesced::new(TokioIo::new(stream)), progress.clone()),
-            Watched::new(app.clone(), progress.clone()),
-        );
-        let connection = graceful.watch(connection);
         let closing = Closing::new(progress.clone());
+        // Two watchers: a connection upgraded to h2c is two connections in turn.
+        let watchers = (graceful.watcher(), graceful.watcher());
+        let http = http.clone();
+        let app = app(peer);
+        let watched = progress.clone();
         let task = tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            if let Err(err) = serve(stream, app, &http, watched, watchers).await {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
             drop((open, permit, closing));
@@ -243,83 +290,33 @@ where
     graceful
 }
 
-/// A connection's socket, writing a small answer's pieces (head and body) with one `write`
-/// instead of a `writev`: the kernel sends one contiguous buffer measurably cheaper (0.15 µs of
-/// server CPU per `GET /`, from `/proc` around `wrk -c64`), and copying a few hundred bytes
-/// costs less than the difference. Large bodies still go out vectored, uncopied.
-///
-/// The pieces are joined in a buffer the connection keeps (at most [`COALESCE_UP_TO`] bytes,
-/// sized by the largest small answer so far): a fresh zeroed buffer per write cost a
-/// `memset` of its whole length each time.
-#[derive(Debug)]
-struct Coalesced<T> {
-    io: T,
-    joined: Vec<u8>,
-}
-
-impl<T> Coalesced<T> {
-    fn new(io: T) -> Self {
-        Self {
-            io,
-            joined: Vec::new(),
-        }
+/// Serves one connection: HTTP/1.1 or HTTP/2 as it opens, then HTTP/2 if a request upgraded it.
+async fn serve<S>(
+    stream: tokio::net::TcpStream,
+    app: S,
+    http: &Protocols,
+    progress: Arc<Progress>,
+    (watcher, upgraded_watcher): (Watcher, Watcher),
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible>,
+    S: Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let handoff = Handoff::default();
+    let service = Watched::new(h2c::Upgrade::new(app, handoff.clone()), progress.clone());
+    let io = Watched::new(TokioIo::new(stream), progress);
+    watcher
+        .watch(
+            http.auto
+                .serve_connection_with_upgrades(io, service.clone()),
+        )
+        .await?;
+    if let Some(upgraded) = handoff.into_http2().await {
+        // The upgraded connection is the watched one underneath: its writes are still progress.
+        upgraded_watcher
+            .watch(http.upgraded.serve_connection(upgraded?, service))
+            .await?;
     }
-}
-
-/// Largest write that is copied together rather than sent vectored.
-const COALESCE_UP_TO: usize = 4096;
-
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Coalesced<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Coalesced<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let total: usize = bufs.iter().map(|buf| buf.len()).sum();
-        if bufs.len() > 1 && total <= COALESCE_UP_TO {
-            let this = &mut *self;
-            this.joined.clear();
-            for buf in bufs {
-                this.joined.extend_from_slice(buf);
-            }
-            return Pin::new(&mut this.io).poll_write(cx, &this.joined);
-        }
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+    Ok(())
 }

@@ -24,8 +24,8 @@ pub const INDEX_HTML: &str = include_str!("web/index.html");
 /// `connect-src 'self'` is all the page's script needs (`/api/info`, `/api/counter`);
 /// `img-src data:` is for the inline favicon, which also saves a `/favicon.ico` request.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-    script-src 'sha256-F63oRzLeqdbTxJyY/o1/NM8l6diZ0NQdkxHvN0FWDmk='; \
-    style-src 'sha256-tZlj0nENwyOAnZg2ln06HD7pF9lDFZCNHtacJ3vCA3Y='; \
+    script-src 'sha256-UWcS/EdPukcz7RQRGLHcMiNfsSGxUe6MVX+mpRkHsBs='; \
+    style-src 'sha256-B1pw9UCvAuR4seoAwgfCi1aotXVSYUcLprPgKxClahI='; \
     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
 

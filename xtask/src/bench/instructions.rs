@@ -83,7 +83,7 @@ pub(crate) fn count(spec: &Spec, logs: &Path) -> Result<Count> {
 }
 
 /// Runs `callgrind_control` (valgrind's remote control for a running callgrind) with `args`.
-pub(crate) fn callgrind_control(args: &[&str]) -> Result<()> {
+fn callgrind_control(args: &[&str]) -> Result<()> {
     let status = Command::new("callgrind_control")
         .args(args)
         .stdout(std::process::Stdio::null())

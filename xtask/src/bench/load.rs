@@ -129,7 +129,7 @@ pub(crate) fn run(spec: &Wrk) -> Result<WrkOut> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting wrk (apt-get install wrk)")?;
-    wait_bounded(&mut child, spec.seconds, |_| {})?;
+    wait_bounded(&mut child, "wrk", spec.seconds + 15, |_| {})?;
     parse(child)
 }
 
@@ -147,7 +147,7 @@ pub(crate) fn measure(server: &Running, spec: &Wrk) -> Result<Measured> {
     let wrk_cpu_before = procfs::cpu_seconds(&wrk_pid);
     let mut wrk_cpu_seconds = 0.0;
     let mut max_rss_kib = 0;
-    wait_bounded(&mut child, spec.seconds, |_| {
+    wait_bounded(&mut child, "wrk", spec.seconds + 15, |_| {
         max_rss_kib = max_rss_kib.max(procfs::status_kib(&server.pids(), "VmRSS:"));
         let now = procfs::cpu_seconds(&wrk_pid);
         if now > 0.0 {
@@ -165,12 +165,14 @@ pub(crate) fn measure(server: &Running, spec: &Wrk) -> Result<Measured> {
     })
 }
 
-fn wait_bounded(
+/// Waits for a load generator, calling `each_tick` every 100 ms; kills it after `limit_s`.
+pub(crate) fn wait_bounded(
     child: &mut std::process::Child,
-    seconds: u32,
+    what: &str,
+    limit_s: u32,
     mut each_tick: impl FnMut(u32),
 ) -> Result<()> {
-    let limit_ticks = (seconds + 15) * 10;
+    let limit_ticks = limit_s * 10;
     for tick in 0..limit_ticks {
         if child.try_wait()?.is_some() {
             return Ok(());
@@ -180,7 +182,7 @@ fn wait_bounded(
     }
     let _ = child.kill();
     let _ = child.wait();
-    bail!("wrk did not finish within {} s", seconds + 15)
+    bail!("{what} did not finish within {limit_s} s")
 }
 
 fn parse(child: std::process::Child) -> Result<WrkOut> {

@@ -25,8 +25,8 @@ pub(crate) fn build_binary(sh: &Shell, log: &mut Vec<String>) -> Result<PathBuf>
     let dir = servers::work_dir().join("profiling-target");
     sh.change_dir(crate::project_root());
     let _env = sh.push_env("CARGO_TARGET_DIR", &dir);
-    // Through RUSTFLAGS rather than the profile, so the symbol names, and with them the code
-    // layout (crates/hello-world/build.rs), are those of the measured build.
+    // Through RUSTFLAGS rather than the profile, so everything else about the build is the
+    // measured one's.
     let _strip = sh.push_env("RUSTFLAGS", "-C strip=none");
     cmd!(sh, "cargo build --release --locked -p hello-world").run()?;
     log.push(format!(

@@ -123,67 +123,20 @@ const PORT_OURS_GLIBC: u16 = 18001;
 const PORT_OURS_MUSL: u16 = 18002;
 const PORT_GO: u16 = 18003;
 const PORT_NGINX: u16 = 18004;
+/// nginx's cleartext HTTP/2 listener, in the same process as its HTTP/1.1 one.
+pub(crate) const PORT_NGINX_H2C: u16 = 18014;
 const PORT_GUNICORN: u16 = 18005;
 const PORT_FLASK: u16 = 5000;
 const PORT_AXUM: u16 = 18006;
 const ADMIN_PORT_BASE: u16 = 19000;
 
-/// Builds ours (glibc and musl release builds), the Go reference, the Flask venv and the nginx
-/// config, and returns the specs of every server in the order of the results table.
-pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
+/// Bare axum (bench/reference/axum): the framework's floor, built with the service's release
+/// profile into its own target directory. Returns the binary.
+pub(crate) fn build_bare_axum(sh: &Shell, log: &mut Vec<String>) -> Result<PathBuf> {
     let root = crate::project_root();
-    let work = work_dir();
-    fs::create_dir_all(&work)?;
-    let target = target_dir();
-
-    // Ours: the glibc release build a developer runs, and the musl build that goes into the image.
-    // The target directory may be shared with other checkouts, whose builds replace
-    // `release/hello-world`; so the build is stamped with this tree's commit, copied out at once,
-    // and the copy's `/version` is checked before anything is measured.
-    sh.change_dir(&root);
-    let commit = tree_commit(sh);
-    let _stamp = sh.push_env("HELLO_BUILD_COMMIT", &commit);
-    let bin_dir = work.join("bin");
-    fs::create_dir_all(&bin_dir)?;
-    let glibc = bin_dir.join("hello-world-glibc");
-    let musl = bin_dir.join("hello-world-musl");
-    for attempt in 1..=2 {
-        cmd!(sh, "cargo build --release --locked -p hello-world").run()?;
-        fs::copy(target.join("release/hello-world"), &glibc)?;
-        cmd!(
-            sh,
-            "cargo build --release --locked -p hello-world --target {MUSL_TARGET}"
-        )
-        .run()?;
-        fs::copy(target.join(MUSL_TARGET).join("release/hello-world"), &musl)?;
-        let stamped = [&glibc, &musl]
-            .iter()
-            .all(|bin| reports_commit(bin, &commit, &work));
-        if stamped {
-            break;
-        }
-        if attempt == 2 {
-            bail!(
-                "the built binaries do not report commit {commit}: another checkout keeps rebuilding into {}",
-                target.display()
-            );
-        }
-    }
-    log.push(format!(
-        "HELLO_BUILD_COMMIT={commit} cargo build --release --locked -p hello-world"
-    ));
-    log.push(format!(
-        "HELLO_BUILD_COMMIT={commit} cargo build --release --locked -p hello-world --target {MUSL_TARGET}"
-    ));
-    log.push(format!(
-        "(copied to {} and {}; both answer /version with commit {commit})",
-        display_path(&glibc),
-        display_path(&musl)
-    ));
-
-    // Bare axum: the framework's floor, built with the service's release profile.
-    let axum_dir = work.join("axum-target");
+    let axum_dir = work_dir().join("axum-target");
     let axum_manifest = root.join("bench/reference/axum/Cargo.toml");
+    sh.change_dir(&root);
     {
         let _dir = sh.push_env("CARGO_TARGET_DIR", &axum_dir);
         cmd!(
@@ -192,62 +145,33 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
         )
         .run()?;
     }
-    let axum_bin = axum_dir.join("release/axum-hello");
     log.push(format!(
         "CARGO_TARGET_DIR={} cargo build --release --locked --manifest-path bench/reference/axum/Cargo.toml",
         display_path(&axum_dir)
     ));
+    Ok(axum_dir.join("release/axum-hello"))
+}
 
-    // Go: one file, standard library only, so no module download.
-    let go_src = root.join("bench/reference/go/main.go");
-    let go_bin = work.join("go-hello");
-    cmd!(sh, "go build -trimpath -o {go_bin} {go_src}").run()?;
-    let go_version = cmd!(sh, "go version").read().unwrap_or_default();
-    log.push(format!(
-        "go build -trimpath -o {} bench/reference/go/main.go   # {go_version}",
-        display_path(&go_bin)
-    ));
-
-    // Flask: a venv with the pinned requirements, rebuilt only when they change.
-    let flask_dir = root.join("bench/reference/flask");
-    let venv = work.join("flask-venv");
-    let reqs = fs::read_to_string(flask_dir.join("requirements.txt"))?;
-    let stamp = venv.join("requirements.stamp");
-    if fs::read_to_string(&stamp).ok().as_deref() != Some(reqs.as_str()) {
-        let _ = fs::remove_dir_all(&venv);
-        cmd!(sh, "python3 -m venv {venv}").run()?;
-        let pip = venv.join("bin/pip");
-        let req_file = flask_dir.join("requirements.txt");
-        cmd!(
-            sh,
-            "{pip} install --quiet --disable-pip-version-check -r {req_file}"
-        )
-        .run()?;
-        fs::write(&stamp, &reqs)?;
+/// How bare axum runs: on its own port, given by `PORT`.
+pub(crate) fn bare_axum(bin: &Path) -> Spec {
+    Spec {
+        name: "axum-bare",
+        kind: Kind::Reference,
+        program: bin.to_owned(),
+        args: vec![],
+        env: vec![("PORT".into(), PORT_AXUM.to_string())],
+        cwd: None,
+        port: PORT_AXUM,
+        binary: Some(bin.to_owned()),
+        note: "axum 0.8 `Router::new().route(\"/\", get(..))` + `axum::serve`, no middleware, glibc malloc: the framework's floor".into(),
+        one_process_args: vec![],
     }
-    let python = venv.join("bin/python");
-    let py_version = cmd!(sh, "{python} --version").read().unwrap_or_default();
-    log.push(format!(
-        "python3 -m venv {v} && {v}/bin/pip install -r bench/reference/flask/requirements.txt   # {py_version}",
-        v = display_path(&venv)
-    ));
+}
 
-    // nginx: the config from bench/reference with the scratch prefix and port filled in.
-    let prefix = work.join("nginx");
-    for d in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        fs::create_dir_all(prefix.join(d))?;
-    }
-    let conf = fs::read_to_string(root.join("bench/reference/nginx/nginx.conf"))?
-        .replace("@PREFIX@", &prefix.display().to_string())
-        .replace("@PORT@", &PORT_NGINX.to_string());
-    let conf_path = prefix.join("nginx.conf");
-    fs::write(&conf_path, conf)?;
-    let nginx_version = cmd!(sh, "nginx -v")
-        .ignore_status()
-        .read_stderr()
-        .unwrap_or_default();
-
-    let ours = |name: &'static str, bin: &Path, port: u16, note: &str| Spec {
+/// How ours runs: every middleware on, access log off, and the allocator settings the image
+/// sets (`ENV MIMALLOC_*` in deploy/Dockerfile), so its memory is the image's.
+pub(crate) fn ours(name: &'static str, bin: &Path, port: u16, note: &str) -> Spec {
+    Spec {
         name,
         kind: Kind::Ours,
         program: bin.to_owned(),
@@ -264,14 +188,192 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
             "--instance-name".into(),
             "bench".into(),
         ],
-        env: vec![],
+        env: image_allocator_settings(),
         cwd: None,
         port,
         binary: Some(bin.to_owned()),
         note: note.into(),
         one_process_args: vec![],
+    }
+}
+
+/// The `MIMALLOC_*` variables deploy/Dockerfile sets.
+fn image_allocator_settings() -> Vec<(String, String)> {
+    let dockerfile = crate::project_root().join("deploy/Dockerfile");
+    let text = fs::read_to_string(dockerfile).unwrap_or_default();
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .flat_map(str::split_whitespace)
+        .map(|word| word.trim_end_matches('\\'))
+        .filter_map(|word| word.split_once('='))
+        .filter(|(name, _)| name.starts_with("MIMALLOC_"))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// The port ours listens on in the glibc build's runs.
+pub(crate) const PORT_OURS: u16 = PORT_OURS_GLIBC;
+
+/// Every server's name, in the order of the results table.
+pub(crate) const NAMES: [&str; 7] = [
+    "ours-glibc",
+    "ours-musl",
+    "nginx",
+    "axum-bare",
+    "go",
+    "gunicorn",
+    "flask-dev",
+];
+
+/// Builds the servers `wanted` names (ours as glibc and musl release builds, bare axum, the Go
+/// reference, the Flask venv; the nginx config) and returns their specs in the order of the
+/// results table: a run of one section builds only what it measures.
+pub(crate) fn prepare(
+    sh: &Shell,
+    log: &mut Vec<String>,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Spec>> {
+    let root = crate::project_root();
+    let work = work_dir();
+    fs::create_dir_all(&work)?;
+    let target = target_dir();
+
+    // Ours: the glibc release build a developer runs, and the musl build that goes into the image.
+    // The target directory may be shared with other checkouts, whose builds replace
+    // `release/hello-world`; so the build is stamped with this tree's commit, copied out at once,
+    // and the copy's `/version` is checked before anything is measured.
+    sh.change_dir(&root);
+    let commit = tree_commit(sh);
+    let _stamp = sh.push_env("HELLO_BUILD_COMMIT", &commit);
+    let bin_dir = work.join("bin");
+    fs::create_dir_all(&bin_dir)?;
+    let glibc = bin_dir.join("hello-world-glibc");
+    let musl = bin_dir.join("hello-world-musl");
+    // (build target, where the build lands, where it is copied to), for the builds wanted.
+    let builds: Vec<(Option<&str>, PathBuf, &PathBuf)> = [
+        (
+            "ours-glibc",
+            None,
+            target.join("release/hello-world"),
+            &glibc,
+        ),
+        (
+            "ours-musl",
+            Some(MUSL_TARGET),
+            target.join(MUSL_TARGET).join("release/hello-world"),
+            &musl,
+        ),
+    ]
+    .into_iter()
+    .filter(|(name, ..)| wanted(name))
+    .map(|(_, triple, built, copy)| (triple, built, copy))
+    .collect();
+    for attempt in 1..=2 {
+        for (triple, built, copy) in &builds {
+            match triple {
+                None => cmd!(sh, "cargo build --release --locked -p hello-world").run()?,
+                Some(triple) => cmd!(
+                    sh,
+                    "cargo build --release --locked -p hello-world --target {triple}"
+                )
+                .run()?,
+            }
+            fs::copy(built, copy)?;
+        }
+        let stamped = builds
+            .iter()
+            .all(|(_, _, bin)| reports_commit(bin, &commit, &work));
+        if stamped {
+            break;
+        }
+        if attempt == 2 {
+            bail!(
+                "the built binaries do not report commit {commit}: another checkout keeps rebuilding into {}",
+                target.display()
+            );
+        }
+    }
+    for (triple, _, _) in &builds {
+        let target_arg = triple.map_or(String::new(), |t| format!(" --target {t}"));
+        log.push(format!(
+            "HELLO_BUILD_COMMIT={commit} cargo build --release --locked -p hello-world{target_arg}"
+        ));
+    }
+    if !builds.is_empty() {
+        log.push(format!(
+            "(copied to {}; answering /version with commit {commit})",
+            builds
+                .iter()
+                .map(|(_, _, bin)| display_path(bin))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ));
+    }
+
+    let axum_bin = if wanted("axum-bare") {
+        build_bare_axum(sh, log)?
+    } else {
+        PathBuf::new()
     };
-    Ok(vec![
+
+    // Go: one file, standard library only, so no module download.
+    let go_src = root.join("bench/reference/go/main.go");
+    let go_bin = work.join("go-hello");
+    let mut go_version = String::new();
+    if wanted("go") {
+        cmd!(sh, "go build -trimpath -o {go_bin} {go_src}").run()?;
+        go_version = cmd!(sh, "go version").read().unwrap_or_default();
+        log.push(format!(
+            "go build -trimpath -o {} bench/reference/go/main.go   # {go_version}",
+            display_path(&go_bin)
+        ));
+    }
+
+    // Flask: a venv with the pinned requirements, rebuilt only when they change.
+    let flask_dir = root.join("bench/reference/flask");
+    let venv = work.join("flask-venv");
+    let reqs = fs::read_to_string(flask_dir.join("requirements.txt"))?;
+    let stamp = venv.join("requirements.stamp");
+    let flask_wanted = wanted("gunicorn") || wanted("flask-dev");
+    if flask_wanted && fs::read_to_string(&stamp).ok().as_deref() != Some(reqs.as_str()) {
+        let _ = fs::remove_dir_all(&venv);
+        cmd!(sh, "python3 -m venv {venv}").run()?;
+        let pip = venv.join("bin/pip");
+        let req_file = flask_dir.join("requirements.txt");
+        cmd!(
+            sh,
+            "{pip} install --quiet --disable-pip-version-check -r {req_file}"
+        )
+        .run()?;
+        fs::write(&stamp, &reqs)?;
+    }
+    let python = venv.join("bin/python");
+    let mut py_version = String::new();
+    if flask_wanted {
+        py_version = cmd!(sh, "{python} --version").read().unwrap_or_default();
+        log.push(format!(
+            "python3 -m venv {v} && {v}/bin/pip install -r bench/reference/flask/requirements.txt   # {py_version}",
+            v = display_path(&venv)
+        ));
+    }
+
+    // nginx: the config from bench/reference with the scratch prefix and port filled in.
+    let prefix = work.join("nginx");
+    for d in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        fs::create_dir_all(prefix.join(d))?;
+    }
+    let conf = fs::read_to_string(root.join("bench/reference/nginx/nginx.conf"))?
+        .replace("@PREFIX@", &prefix.display().to_string())
+        .replace("@PORT@", &PORT_NGINX.to_string())
+        .replace("@H2C_PORT@", &PORT_NGINX_H2C.to_string());
+    let conf_path = prefix.join("nginx.conf");
+    fs::write(&conf_path, conf)?;
+    let nginx_version = cmd!(sh, "nginx -v")
+        .ignore_status()
+        .read_stderr()
+        .unwrap_or_default();
+
+    let specs = vec![
         ours(
             "ours-glibc",
             &glibc,
@@ -306,18 +408,7 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
             ),
             one_process_args: vec!["-g".into(), "master_process off;".into()],
         },
-        Spec {
-            name: "axum-bare",
-            kind: Kind::Reference,
-            program: axum_bin.clone(),
-            args: vec![],
-            env: vec![("PORT".into(), PORT_AXUM.to_string())],
-            cwd: None,
-            port: PORT_AXUM,
-            binary: Some(axum_bin),
-            note: "axum 0.8 `Router::new().route(\"/\", get(..))` + `axum::serve`, no middleware, glibc malloc: the framework's floor".into(),
-            one_process_args: vec![],
-        },
+        bare_axum(&axum_bin),
         Spec {
             name: "go",
             kind: Kind::Reference,
@@ -368,7 +459,8 @@ pub(crate) fn prepare(sh: &Shell, log: &mut Vec<String>) -> Result<Vec<Spec>> {
             ),
             one_process_args: vec![],
         },
-    ])
+    ];
+    Ok(specs.into_iter().filter(|spec| wanted(spec.name)).collect())
 }
 
 /// The service's commit in this tree, with `-dirty` when the service's sources differ from it.

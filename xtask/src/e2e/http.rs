@@ -46,19 +46,32 @@ pub(crate) fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Response> {
+    request_with_body(addr, method, path, headers, &[])
+}
+
+/// Sends one request with `body` and reads the whole response.
+pub(crate) fn request_with_body(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response> {
     let socket: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
     let mut stream =
         TcpStream::connect_timeout(&socket, TIMEOUT).with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
     );
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)

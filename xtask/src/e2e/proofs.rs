@@ -2,6 +2,7 @@
 //! replicas, all in the balancer), drives load with `hello-world check`, applies its fault or
 //! operation while the load runs, and returns its figures or the reason it failed.
 
+use std::collections::BTreeSet;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,11 @@ use anyhow::{Context, Result, bail, ensure};
 use xshell::{Shell, cmd};
 
 use super::{Ctx, Figures, NEXT_TAG, http, short_name};
-use crate::stack::{self, LB_ADDR, REDIS, WEB, wait_until};
+use crate::stack::{self, LB_ADDR, REDIS_SERVERS, WEB, wait_until};
+
+/// The service's store timeout (`--store-timeout`, the stack leaves the default): a state route
+/// answers within it, plus the balancer's share, when the store is away.
+const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long the load runs before the fault, so the fault hits a stack in steady state.
 const WARM_UP: Duration = Duration::from_secs(3);
@@ -51,7 +56,7 @@ fn wait_replaced(sh: &Shell, service: &str, gone: &str, replicas: u32) -> Result
             let running = stack::task_containers(sh, service)?;
             Ok(running.iter().all(|(id, _)| id != gone)
                 && running.len() == replicas as usize
-                && stack::replicas(sh, service)? == (replicas, replicas))
+                && stack::Engine::Host.replicas(sh, service)? == (replicas, replicas))
         },
     )
 }
@@ -74,6 +79,11 @@ fn counter() -> Result<i64> {
         },
     )?;
     value.context("counter value")
+}
+
+/// h2c, gRPC health and the WebSocket echo through the stack's balancer.
+pub(super) fn protocols(ctx: &Ctx) -> Result<Figures> {
+    super::protocols_through(&ctx.sh, stack::LB_ADDR)
 }
 
 /// All three replicas answer, each at least a quarter of the requests.
@@ -116,7 +126,7 @@ pub(super) fn spread(ctx: &Ctx) -> Result<Figures> {
 /// (`/proc/<pid>/status` of the replica's process) is the one that counts: it shows that Swarm
 /// applied `cap_drop` and `read_only`, not only that the stack file asks for them.
 pub(super) fn isolation(ctx: &Ctx) -> Result<Figures> {
-    const MAX_IMAGE: u64 = 8 << 20;
+    const MAX_IMAGE: u64 = crate::image_checks::IMAGE_BUDGET;
     let sh = &ctx.sh;
     let format = "{{.Size}}";
     let tag = crate::image::DEV_TAG;
@@ -125,7 +135,11 @@ pub(super) fn isolation(ctx: &Ctx) -> Result<Figures> {
         .read()?
         .trim()
         .parse()?;
-    ensure!(size <= MAX_IMAGE, "the image is {size} bytes, above 8 MiB");
+    ensure!(
+        size <= MAX_IMAGE,
+        "the image is {size} bytes, above {} MiB",
+        MAX_IMAGE >> 20
+    );
     let replicas = stack::task_containers(sh, WEB)?;
     ensure!(
         replicas.len() == 3,
@@ -198,12 +212,99 @@ pub(super) fn isolation(ctx: &Ctx) -> Result<Figures> {
     let mut figures = vec![fig(
         "image",
         format!(
-            "{tag}: {:.2} MiB (limit 8 MiB), FROM scratch",
+            "{tag}: {:.2} MiB (limit 6 MiB, `cargo xtask image`'s budget), FROM scratch",
             size as f64 / f64::from(1 << 20)
         ),
     )];
     figures.extend(seen.into_iter().map(|s| fig("replica", s)));
     Ok(figures)
+}
+
+/// From inside one replica's container (as any neighbour on the stack's network), ask another
+/// replica's admin port to leave the rotation: refused without the token and with a wrong one,
+/// done with it; the balancer then stops sending to it, and takes it back when it is enabled.
+pub(super) fn admin_token(ctx: &Ctx) -> Result<Figures> {
+    let sh = &ctx.sh;
+    let replicas = stack::task_containers(sh, WEB)?;
+    let [(neighbour, neighbour_name), (target, target_name), ..] = replicas.as_slice() else {
+        bail!("expected 3 running replicas, found {}", replicas.len());
+    };
+    let format = format!(
+        "{{{{(index .NetworkSettings.Networks \"{}_backend\").IPAddress}}}}",
+        stack::STACK
+    );
+    let address = cmd!(sh, "docker inspect --format {format} {target}")
+        .quiet()
+        .read()?;
+    let address = address.trim();
+    ensure!(
+        !address.is_empty(),
+        "{} has no backend address",
+        short_name(target_name)
+    );
+    let admin = |path: &str, authorization: Option<&str>| -> Result<u64> {
+        let url = format!("http://{address}:9000{path}");
+        let header = authorization.map(|value| format!("Authorization: {value}"));
+        let mut args = vec!["-m", "POST", "-n", "1", "-c", "1"];
+        if let Some(header) = &header {
+            args.extend(["-H", header.as_str()]);
+        }
+        let report = super::check_inside(sh, neighbour, &url, &args)?;
+        let statuses = report.statuses();
+        ensure!(
+            statuses.len() == 1,
+            "POST {path} from {}: {statuses:?}",
+            short_name(neighbour_name)
+        );
+        let (status, _) = statuses.into_iter().next().expect("one status");
+        Ok(status.parse()?)
+    };
+    let bearer = stack::admin_bearer()?;
+    let wrong = format!("Bearer {}", "0".repeat(64));
+    let without = admin("/readyz/disable", None)?;
+    ensure!(without == 401, "without a token: {without}, not 401");
+    let with_wrong = admin("/readyz/disable", Some(&wrong))?;
+    ensure!(
+        with_wrong == 401,
+        "with a wrong token: {with_wrong}, not 401"
+    );
+    let crash = admin("/exit", None)?;
+    ensure!(crash == 401, "POST /exit without a token: {crash}, not 401");
+    let serving = |name: &str| -> Result<bool> {
+        let probe = ctx.check(&["/", "-n", "60", "-c", "4", "--new-connection"])?;
+        Ok(probe.replicas().contains_key(name))
+    };
+    ensure!(
+        serving(target_name)?,
+        "{} left the rotation without a valid token",
+        short_name(target_name)
+    );
+
+    let disabled = admin("/readyz/disable", Some(&bearer))?;
+    ensure!(disabled == 200, "with the token: {disabled}, not 200");
+    let out = wait_until(
+        Duration::from_secs(30),
+        "the balancer to stop sending to the disabled replica",
+        || Ok(!serving(target_name)?),
+    )?;
+    let enabled = admin("/readyz/enable", Some(&bearer))?;
+    ensure!(enabled == 200, "enable with the token: {enabled}, not 200");
+    let back = wait_until(
+        Duration::from_secs(30),
+        "the balancer to send to the enabled replica again",
+        || serving(target_name),
+    )?;
+    Ok(vec![
+        fig("from", short_name(neighbour_name)),
+        fig("to", format!("{}'s admin port", short_name(target_name))),
+        fig(
+            "no token / wrong token / POST /exit without",
+            "401 / 401 / 401, still serving",
+        ),
+        fig("with the token", "200: out of rotation"),
+        fig("out of the balancer after", secs(out)),
+        fig("back after enable", secs(back)),
+    ])
 }
 
 /// SIGKILL one replica under load: the balancer retries what it sent there, Swarm replaces it.
@@ -331,7 +432,7 @@ pub(super) fn scale(ctx: &Ctx) -> Result<Figures> {
         .ignore_stderr()
         .run()?;
     let up = wait_until(RECOVERY, "5/5 replicas", || {
-        Ok(stack::replicas(sh, WEB)? == (5, 5))
+        Ok(stack::Engine::Host.replicas(sh, WEB)? == (5, 5))
     })?;
     // Let the balancer find the new replicas and send them traffic.
     sleep(Duration::from_secs(5));
@@ -344,7 +445,10 @@ pub(super) fn scale(ctx: &Ctx) -> Result<Figures> {
     wait_until(
         RECOVERY,
         "2/2 replicas with the others drained and gone",
-        || Ok(stack::replicas(sh, WEB)? == (2, 2) && stack::task_containers(sh, WEB)?.len() == 2),
+        || {
+            Ok(stack::Engine::Host.replicas(sh, WEB)? == (2, 2)
+                && stack::task_containers(sh, WEB)?.len() == 2)
+        },
     )?;
     let down = scaled_down.elapsed();
     load.assert_running("the scale-down")?;
@@ -522,8 +626,9 @@ pub(super) fn consistency(ctx: &Ctx) -> Result<Figures> {
     ])
 }
 
-/// Increments with idempotency keys while Redis is SIGKILLed; then Redis is killed once more at
-/// rest, and the counter read after its restart still holds every acknowledged increment.
+/// Increments with idempotency keys while the Redis primary is SIGKILLed (the Sentinels promote a
+/// replica); then the new primary is killed once more at rest, and the counter read after the
+/// next promotion still holds every acknowledged increment.
 pub(super) fn durability(ctx: &Ctx) -> Result<Figures> {
     let sh = &ctx.sh;
     let before = counter()?;
@@ -541,13 +646,14 @@ pub(super) fn durability(ctx: &Ctx) -> Result<Figures> {
         "8",
     ])?;
     sleep(WARM_UP);
-    let (redis, _) = stack::task_containers(sh, REDIS)?
+    let primary = stack::redis_primary(sh)?;
+    let (redis, _) = stack::task_containers(sh, &primary)?
         .into_iter()
         .next()
-        .context("no running redis")?;
+        .context("no running primary")?;
     load.assert_running("the Redis kill")?;
     signal(sh, &redis, "KILL")?;
-    let redis_back = wait_replaced(sh, REDIS, &redis, 1)?;
+    let redis_back = wait_replaced(sh, &primary, &redis, 1)?;
     let check = load.finish()?;
     let after_load = counter()?;
     let n = check.requests();
@@ -564,14 +670,26 @@ pub(super) fn durability(ctx: &Ctx) -> Result<Figures> {
         check.ok()
     );
 
-    // Once more at rest: what was acknowledged is on disk, not only in Redis's memory.
-    let (redis, _) = stack::task_containers(sh, REDIS)?
+    let promoted = stack::redis_primary(sh)?;
+
+    // Once more at rest, the primary again: what was acknowledged is on a replica too. The
+    // counter is read once the state routes answer again (the Sentinels promote another).
+    let (redis, _) = stack::task_containers(sh, &promoted)?
         .into_iter()
         .next()
-        .context("no running redis")?;
+        .context("no running primary")?;
     signal(sh, &redis, "KILL")?;
-    let redis_back_again = wait_replaced(sh, REDIS, &redis, 1)?;
-    let after_restart = counter()?;
+    let redis_back_again = wait_replaced(sh, &promoted, &redis, 1)?;
+    let mut after_restart = 0;
+    wait_until(RECOVERY, "the counter to be readable again", || {
+        Ok(match counter() {
+            Ok(value) => {
+                after_restart = value;
+                true
+            }
+            Err(_) => false,
+        })
+    })?;
     ensure!(
         after_restart == after_load,
         "after a second Redis restart the counter reads {after_restart}, not {after_load}"
@@ -580,9 +698,14 @@ pub(super) fn durability(ctx: &Ctx) -> Result<Figures> {
         fig(
             "increments",
             format!(
-                "{n} POSTs in 12 s with Idempotency-Keys; Redis SIGKILLed after {}",
+                "{n} POSTs in 12 s with Idempotency-Keys; the Redis primary ({}) SIGKILLed after {}",
+                primary.trim_start_matches("hello-world_"),
                 secs(WARM_UP)
             ),
+        ),
+        fig(
+            "the Sentinels promoted",
+            promoted.trim_start_matches("hello-world_"),
         ),
         fig("load", check.summary()),
         fig("client retries (same key)", check.retries()),
@@ -595,9 +718,428 @@ pub(super) fn durability(ctx: &Ctx) -> Result<Figures> {
         fig(
             "after a second SIGKILL at rest",
             format!(
-                "Redis back after {}, counter still {after_restart}",
+                "the primary killed again, back after {}, counter still {after_restart}",
                 secs(redis_back_again)
             ),
         ),
     ])
+}
+
+/// Every Redis server stopped under load (`docker service scale redis-N=0`): `GET /` keeps answering,
+/// every replica stays in rotation and says on `/readyz` that its store is away, the state
+/// routes answer 503 with the cause and `Retry-After` within the store timeout, and when Redis
+/// is back the replicas find it by themselves: none is restarted.
+pub(super) fn store_outage(ctx: &Ctx) -> Result<Figures> {
+    let sh = &ctx.sh;
+    let replicas_before: BTreeSet<_> = stack::task_containers(sh, WEB)?.into_iter().collect();
+    let mut load = ctx.spawn_check(&["/", "--duration", "120s", "--concurrency", "8"])?;
+    sleep(WARM_UP);
+    let every_redis = |replicas: u32| -> Vec<String> {
+        REDIS_SERVERS
+            .iter()
+            .map(|service| format!("{service}={replicas}"))
+            .collect()
+    };
+    let stop = every_redis(0);
+    cmd!(sh, "docker service scale --detach {stop...}")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()?;
+    let stopped = Instant::now();
+    wait_until(Duration::from_secs(60), "every Redis to stop", || {
+        for service in REDIS_SERVERS {
+            if !stack::task_containers(sh, service)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+
+    // Every replica notices, and stays in rotation: the balancer reaches each of them.
+    let mut reporting = BTreeSet::new();
+    let mut unready = None;
+    let mut reason = String::new();
+    wait_until(
+        Duration::from_secs(30),
+        "every replica to report its store unreachable on /readyz",
+        || {
+            let readyz = http::get(LB_ADDR, "/readyz")?;
+            if readyz.status != 200 {
+                unready.get_or_insert(format!("{} {}", readyz.status, readyz.body));
+            } else if !stack::store_reachable(&readyz) {
+                if let Some(name) = readyz.header("x-served-by") {
+                    reporting.insert(name.to_string());
+                }
+                reason = readyz.json()?["store_status"]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+            Ok(reporting.len() >= 3)
+        },
+    )?;
+    let noticed = stopped.elapsed();
+    if let Some(answer) = unready {
+        bail!("/readyz answered {answer} while Redis was away: a store outage took a replica out");
+    }
+
+    // The state routes, through the balancer: 503 with the cause, within the store timeout.
+    let answer = http::get(LB_ADDR, "/api/counter")?;
+    ensure!(
+        answer.status == 503,
+        "GET /api/counter answered {} without Redis: {}",
+        answer.status,
+        answer.body
+    );
+    let body = answer.json()?;
+    ensure!(
+        body["error"] == "store unavailable" && body["reason"].is_string(),
+        "the 503 does not name its cause: {body}"
+    );
+    ensure!(
+        answer.header("retry-after") == Some("1"),
+        "the 503 has no Retry-After: 1"
+    );
+    let mut sampled = Vec::new();
+    for args in [
+        &["/api/counter", "--requests", "40", "--concurrency", "4"][..],
+        &[
+            "/api/counter/increment",
+            "--method",
+            "POST",
+            "--requests",
+            "40",
+            "--concurrency",
+            "4",
+        ][..],
+    ] {
+        let state = ctx.check(args)?;
+        ensure!(
+            state.requests() > 0 && state.status(503) == state.requests(),
+            "{} without Redis: expected every answer to be 503, got {}",
+            args[0],
+            state.summary()
+        );
+        let max = state.latency_ms("max");
+        let bound = (STORE_TIMEOUT + Duration::from_secs(1)).as_millis() as f64;
+        ensure!(
+            max < bound,
+            "{} without Redis: the slowest 503 took {max:.0} ms (store timeout {:?})",
+            args[0],
+            STORE_TIMEOUT
+        );
+        sampled.push(format!(
+            "{} × 503 from `{}`: p50 {:.1} ms, max {max:.0} ms",
+            state.requests(),
+            args[0],
+            state.latency_ms("p50")
+        ));
+    }
+    load.assert_running("the outage")?;
+
+    let start = every_redis(1);
+    cmd!(sh, "docker service scale --detach {start...}")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()?;
+    let restarted = Instant::now();
+    let mut serving = BTreeSet::new();
+    wait_until(
+        RECOVERY,
+        "every replica to answer GET /api/counter 200 again",
+        || {
+            let answer = http::get(LB_ADDR, "/api/counter")?;
+            if answer.status == 200
+                && let Some(name) = answer.header("x-served-by")
+            {
+                serving.insert(name.to_string());
+            }
+            Ok(serving.len() >= 3)
+        },
+    )?;
+    let reads_back = restarted.elapsed();
+    super::wait_for_acknowledged_write(LB_ADDR, RECOVERY)?;
+    let recovered = restarted.elapsed();
+    load.assert_running("the recovery")?;
+    let check = load.stop()?;
+    check.assert_no_failures()?;
+    let replicas_after: BTreeSet<_> = stack::task_containers(sh, WEB)?.into_iter().collect();
+    ensure!(
+        replicas_after == replicas_before,
+        "the replicas changed during the outage: {replicas_before:?} → {replicas_after:?}"
+    );
+    Ok(vec![
+        fig(
+            "Redis stopped",
+            format!(
+                "`docker service scale` of the 3 Redis servers to 0 after {}",
+                secs(WARM_UP)
+            ),
+        ),
+        fig("load on GET / through the balancer", check.summary()),
+        fig(
+            "every replica in rotation, reporting the store unreachable on /readyz after",
+            format!("{} (reason: {reason})", secs(noticed)),
+        ),
+        fig(
+            "state routes without Redis",
+            format!(
+                "{} (store timeout {:?}; Retry-After: 1)",
+                sampled.join("; "),
+                STORE_TIMEOUT
+            ),
+        ),
+        fig(
+            "Redis back; all 3 replicas serving state again after",
+            format!(
+                "{} (reads), {} (writes acknowledged by a replica), none restarted",
+                secs(reads_back),
+                secs(recovered)
+            ),
+        ),
+    ])
+}
+
+/// The size of the values the memory proof writes: the service's default value limit.
+const FILL_VALUE: usize = 1 << 20;
+
+/// The memory store, alone in a container with the manifests' limit (64 MiB, no swap), and the
+/// stack's Redis (`maxmemory` under its limit), each written 1 MiB values until it refuses:
+/// a 507 comes, no container is OOM-killed or restarted, reads still work, deleting makes room
+/// and writes work again.
+pub(super) fn memory_bounded(ctx: &Ctx) -> Result<Figures> {
+    let sh = &ctx.sh;
+    let mut figures = Vec::new();
+
+    let alone = MemoryReplica::start(sh)?;
+    let filled = fill_until_refused(&alone.addr, 200)?;
+    let usage = memory_usage(sh, &alone.id)?;
+    filled.recover(&alone.addr)?;
+    let (oom_killed, restarts, running) = container_state(sh, &alone.id)?;
+    ensure!(
+        !oom_killed && running && restarts == 0,
+        "the memory store's container: OOMKilled {oom_killed}, running {running}, restarts {restarts}"
+    );
+    figures.push(fig(
+        "memory store, 64 MiB container (no swap), default budget",
+        format!(
+            "{} PUTs of 1 MiB accepted, the next answered 507 {{\"error\":\"store full\"}}; memory then {usage}; not OOM-killed, not restarted",
+            filled.stored
+        ),
+    ));
+    figures.push(fig(
+        "memory store after the refusal",
+        "reads answered 200; 4 DELETEs (204) made room: the next PUT answered 201",
+    ));
+    drop(alone);
+
+    let primary = stack::redis_primary(sh)?;
+    let mut redis_before = Vec::new();
+    for service in REDIS_SERVERS {
+        let (id, _) = stack::task_containers(sh, service)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("no running {service}"))?;
+        redis_before.push((service, id));
+    }
+    let filled = fill_until_refused(LB_ADDR, 400)?;
+    let mut usage = Vec::new();
+    for (service, id) in &redis_before {
+        usage.push(format!(
+            "{} {}",
+            service.trim_start_matches("hello-world_"),
+            memory_usage(sh, id)?
+        ));
+    }
+    let usage = usage.join(", ");
+    filled.recover(LB_ADDR)?;
+    for (service, id) in &redis_before {
+        let (oom_killed, restarts, running) = container_state(sh, id)?;
+        let after: Vec<String> = stack::task_containers(sh, service)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        ensure!(
+            !oom_killed && running && restarts == 0 && after == [id.clone()],
+            "{service}: OOMKilled {oom_killed}, running {running}, restarts {restarts}, task containers now {after:?}"
+        );
+    }
+    ensure!(
+        stack::redis_primary(sh)? == primary,
+        "the primary changed while Redis was full"
+    );
+    figures.push(fig(
+        "the stack's Redis (maxmemory 192mb, noeviction, limit 256 MiB; a primary and 2 replicas), through the balancer",
+        format!(
+            "{} PUTs of 1 MiB accepted, the next answered 507 (the primary refused it: OOM); then {usage}; none OOM-killed, the same containers",
+            filled.stored
+        ),
+    ));
+    figures.push(fig(
+        "the stack's Redis after the refusal",
+        "reads answered 200; 4 DELETEs (204) made room: the next PUT answered 201; every value written was deleted again",
+    ));
+    Ok(figures)
+}
+
+/// What [`fill_until_refused`] left: how many values it stored.
+struct Filled {
+    stored: usize,
+}
+
+fn fill_key(index: usize) -> String {
+    format!("/api/kv/e2e-fill-{index}")
+}
+
+/// PUTs 1 MiB values under fresh keys until one is refused with 507, at most `most` of them.
+fn fill_until_refused(addr: &str, most: usize) -> Result<Filled> {
+    let value = vec![b'm'; FILL_VALUE];
+    let mut stored = 0;
+    loop {
+        ensure!(
+            stored < most,
+            "{most} PUTs of 1 MiB were all accepted: nothing bounds the store"
+        );
+        let answer = http::request_with_body(addr, "PUT", &fill_key(stored), &[], &value)?;
+        match answer.status {
+            201 => stored += 1,
+            507 => {
+                let body = answer.json()?;
+                ensure!(
+                    body["error"] == "store full" && body["status"] == 507,
+                    "the 507 is not the store's JSON error: {body}"
+                );
+                ensure!(stored > 0, "the very first PUT was refused: {body}");
+                return Ok(Filled { stored });
+            }
+            other => bail!("PUT {} answered {other}: {}", fill_key(stored), answer.body),
+        }
+    }
+}
+
+impl Filled {
+    /// Reads still work, deleting makes room for a write, and everything written goes again.
+    fn recover(&self, addr: &str) -> Result<()> {
+        for index in [0, self.stored - 1] {
+            let read = http::get(addr, &fill_key(index))?;
+            ensure!(
+                read.status == 200 && read.body.len() == FILL_VALUE,
+                "GET {} answered {} ({} bytes) on a full store",
+                fill_key(index),
+                read.status,
+                read.body.len()
+            );
+        }
+        let freed = 4.min(self.stored);
+        for index in 0..freed {
+            let deleted = http::request(addr, "DELETE", &fill_key(index), &[])?;
+            ensure!(
+                deleted.status == 204,
+                "DELETE {} answered {} on a full store: {}",
+                fill_key(index),
+                deleted.status,
+                deleted.body
+            );
+        }
+        let value = vec![b'm'; FILL_VALUE];
+        let again = http::request_with_body(addr, "PUT", &fill_key(0), &[], &value)?;
+        ensure!(
+            again.status == 201,
+            "after deleting {freed} values, PUT answered {}: {}",
+            again.status,
+            again.body
+        );
+        for index in 0..self.stored {
+            let deleted = http::request(addr, "DELETE", &fill_key(index), &[])?;
+            ensure!(
+                matches!(deleted.status, 204 | 404),
+                "cleaning up: DELETE {} answered {}",
+                fill_key(index),
+                deleted.status
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A replica of the image with the in-memory store, as the manifests limit it (64 MiB, no swap,
+/// read-only, no capabilities), published on a loopback port; removed when dropped.
+struct MemoryReplica<'a> {
+    sh: &'a Shell,
+    id: String,
+    addr: String,
+}
+
+impl<'a> MemoryReplica<'a> {
+    const NAME: &'static str = "hello-world-e2e-memory";
+
+    fn start(sh: &'a Shell) -> Result<Self> {
+        let name = Self::NAME;
+        let _ = cmd!(sh, "docker rm --force {name}")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let publish = format!("127.0.0.1:{port}:5000");
+        let image = crate::image::DEV_TAG;
+        let id = cmd!(
+            sh,
+            "docker run --detach --name {name} --memory 64m --memory-swap 64m --read-only
+                --cap-drop ALL --publish {publish} {image}"
+        )
+        .quiet()
+        .read()?
+        .trim()
+        .to_string();
+        let replica = Self {
+            sh,
+            id,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        wait_until(
+            Duration::from_secs(30),
+            "the memory-store replica to serve",
+            || Ok(http::get(&replica.addr, "/healthz").is_ok_and(|r| r.status == 200)),
+        )?;
+        Ok(replica)
+    }
+}
+
+impl Drop for MemoryReplica<'_> {
+    fn drop(&mut self) {
+        let name = Self::NAME;
+        let _ = cmd!(self.sh, "docker rm --force {name}")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run();
+    }
+}
+
+/// `OOMKilled`, restart count and whether the container runs, as the engine reports them.
+fn container_state(sh: &Shell, id: &str) -> Result<(bool, u32, bool)> {
+    let format = "{{.State.OOMKilled}} {{.RestartCount}} {{.State.Running}}";
+    let out = cmd!(sh, "docker inspect --format {format} {id}")
+        .quiet()
+        .read()?;
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    let [oom_killed, restarts, running] = fields.as_slice() else {
+        bail!("unexpected docker inspect output {out:?}");
+    };
+    Ok((*oom_killed == "true", restarts.parse()?, *running == "true"))
+}
+
+/// The container's memory use against its limit, as `docker stats` shows it ("40MiB / 64MiB").
+fn memory_usage(sh: &Shell, id: &str) -> Result<String> {
+    let format = "{{.MemUsage}}";
+    Ok(cmd!(sh, "docker stats --no-stream --format {format} {id}")
+        .quiet()
+        .read()?
+        .trim()
+        .to_string())
 }

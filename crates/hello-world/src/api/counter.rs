@@ -11,9 +11,14 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
-use super::{AppState, Routes};
+use axum::Router;
+
+use super::AppState;
 use crate::error::ApiError;
 
 /// The one counter these routes expose, by its name in the store.
@@ -28,17 +33,82 @@ pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
-pub(crate) fn routes() -> Routes {
-    Routes::default()
+/// An idempotency key as the OpenAPI description gives it: what [`idempotency_key`] accepts.
+#[derive(Debug)]
+pub struct IdempotencyKeyValue;
+
+impl utoipa::PartialSchema for IdempotencyKeyValue {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_IDEMPOTENCY_KEY))
+            .pattern(Some("^[!-~]+$"))
+            .description(Some(format!(
+                "1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters, such as a UUID"
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for IdempotencyKeyValue {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "IdempotencyKey".into()
+    }
+}
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
         .route("/api/counter", get(read))
         .route("/api/counter/increment", post(increment))
 }
 
+/// What both routes answer: the counter's value.
+#[derive(Debug, Serialize, ToSchema)]
+struct Counter {
+    value: i64,
+}
+
+/// The shared counter's value.
+#[utoipa::path(
+    get,
+    path = "/api/counter",
+    operation_id = "read_counter",
+    tag = "counter",
+    responses(
+        (status = 200, description = "The value", body = Counter),
+        (status = 503, description = "The store could not serve the call (`reason`)", body = ApiError,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    ),
+)]
 async fn read(State(state): State<AppState>) -> Result<Response, ApiError> {
     let value = state.store.counter(COUNTER).await?;
     Ok(answer(value, false))
 }
 
+/// Adds one to the shared counter, atomically across replicas.
+///
+/// With an `Idempotency-Key`, the increment and the record of its result are one atomic step:
+/// a retry with the same key, through any replica, counts nothing and gets the first answer
+/// back, marked `Idempotent-Replayed: true`.
+#[utoipa::path(
+    post,
+    path = "/api/counter/increment",
+    operation_id = "increment_counter",
+    tag = "counter",
+    params(
+        ("Idempotency-Key" = inline(Option<IdempotencyKeyValue>), Header,
+            description = "Makes the increment safe to retry; one header"),
+    ),
+    responses(
+        (status = 200, description = "The value after the increment", body = Counter,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this repeats the answer to an earlier request with the same key"))),
+        (status = 400, description = "An Idempotency-Key that is not 1–128 visible ASCII characters, or two of them", body = ApiError),
+        (status = 503, description = "The store could not serve the call (`reason`)", body = ApiError,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+        (status = 507, description = "The store is full (idempotency records take room)", body = ApiError),
+    ),
+)]
 async fn increment(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -51,7 +121,7 @@ async fn increment(
 fn answer(value: i64, replayed: bool) -> Response {
     let mut response = (
         [(header::CACHE_CONTROL, "no-store")],
-        Json(json!({ "value": value })),
+        Json(Counter { value }),
     )
         .into_response();
     if replayed {
@@ -65,7 +135,7 @@ fn answer(value: i64, replayed: bool) -> Response {
 
 /// The request's idempotency key, if any; 400 unless it is one header of 1–128 visible ASCII
 /// characters (the key becomes part of a store key, so it is kept plain and bounded).
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);

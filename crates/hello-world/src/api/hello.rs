@@ -1,21 +1,45 @@
 //! `GET /`: the seed's contract, `Hello World!` as text, for every client that does not ask
 //! for HTML; a browser gets the web page, which shows the same greeting.
 
+use axum::Router;
 use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use http::{HeaderMap, HeaderValue, header};
 
-use super::{AppState, Routes};
+use super::AppState;
 
 pub const GREETING: &str = "Hello World!";
 
-pub(crate) fn routes() -> Routes {
-    // The hottest route (bench/RESULTS.md), so answered directly, without the router.
-    Routes::default().direct("/", hello)
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/", get(hello))
 }
 
-fn hello(state: &AppState, request_headers: &HeaderMap) -> Response {
-    if prefers_html(request_headers.get(header::ACCEPT)) {
+/// The greeting, or the page for a browser.
+///
+/// `Hello World!` as text for every client, unless `Accept` names HTML and ranks it at least as
+/// high as plain text (a browser), which gets the live page instead.
+#[utoipa::path(
+    method(get, head),
+    path = "/",
+    tag = "hello",
+    responses(
+        (status = 200, description = "The greeting as text, or the page for a browser",
+            content(
+                (String = "text/plain", example = json!(GREETING)),
+                (String = "text/html"),
+            ),
+            headers(
+                ("Vary" = String, description = "`accept`: the answer depends on it"),
+                ("Cache-Control" = String, description = "`private` for the text (it names the replica), `no-store` for the page"),
+            )),
+    ),
+)]
+// Takes the whole request to read its `Accept` in place: a `HeaderMap` argument would copy
+// every header of the request, the most frequent one.
+async fn hello(State(state): State<AppState>, request: Request) -> Response {
+    if prefers_html(request.headers().get(header::ACCEPT)) {
         (
             [
                 (
@@ -38,30 +62,28 @@ fn hello(state: &AppState, request_headers: &HeaderMap) -> Response {
         )
             .into_response()
     } else {
+        // Room for the stamps the middleware adds, so they never grow the map; `Content-Length`
+        // given, so it is not formatted for every answer.
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        headers.insert(header::VARY, HeaderValue::from_static("accept"));
+        // The greeting names the replica that answered (`x-served-by`): a shared cache that kept
+        // it would show one replica's answer to everyone, hiding the balancing it is there to
+        // show. A browser's own cache may keep it.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         let mut response = Response::new(Body::from(GREETING));
-        *response.headers_mut() = state.greeting_headers.clone();
+        *response.headers_mut() = headers;
         response
     }
 }
 
-/// The headers of `Hello World!` as text, the answer nearly every request gets, made once
-/// (kept in [`AppState`]): `Content-Length` is a constant rather than formatted, and the
-/// stamps every answer carries are in already, so [`crate::observe`] only writes the request id.
-pub(crate) fn greeting_headers(served_by: &HeaderValue) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(8);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
-    headers.insert(header::VARY, HeaderValue::from_static("accept"));
-    crate::observe::stamp_in_advance(&mut headers, served_by);
-    headers
-}
-
 /// True when `Accept` names HTML explicitly and ranks it at least as high as plain text
 /// (wildcards count for text only: `*/*` alone, as curl sends, gets text).
-fn prefers_html(accept: Option<&HeaderValue>) -> bool {
+pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
     let Some(accept) = accept.and_then(|value| value.to_str().ok()) else {
         return false;
     };
@@ -98,15 +120,6 @@ mod tests {
 
     fn html(accept: &str) -> bool {
         prefers_html(Some(&HeaderValue::from_str(accept).expect("test header")))
-    }
-
-    #[test]
-    fn the_greeting_declares_its_own_length() {
-        let headers = greeting_headers(&HeaderValue::from_static("replica"));
-        assert_eq!(
-            headers[header::CONTENT_LENGTH],
-            GREETING.len().to_string().as_str()
-        );
     }
 
     #[test]

@@ -8,8 +8,13 @@
 //! | `GET /api/counter`, `POST /api/counter/increment` | [`counter`] |
 //! | `GET/PUT/DELETE /api/kv/{key}` | [`kv`] |
 //! | `GET /status/{code}`, `GET /delay/{duration}`, `GET /headers`, `POST /api/echo` | [`diagnostics`] |
+//! | `POST /grpc.health.v1.Health/Check`, `/Watch` (gRPC, over HTTP/2) | [`grpc`] |
+//! | `GET /ws/echo` (WebSocket) | [`ws`] |
+//! | `GET /openapi.json`, the description of all of these | [`openapi`] |
 //!
-//! Routes answer errors with [`ApiError`]; [`crate::observe`] wraps them all.
+//! Routes answer errors with [`ApiError`]; [`crate::observe`] wraps them all (it is installed
+//! around this router, never imported by it: dependencies point from the middleware to the
+//! routes).
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -17,25 +22,25 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::response::Response;
-use axum::routing::{MethodRouter, get};
-use http::{HeaderMap, HeaderValue};
 use http_body_util::BodyExt;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::faults::Faults;
 use crate::lifecycle::Readiness;
 use crate::metrics::Metrics;
-use crate::observe::Faults;
 use crate::store::Store;
+use crate::store::health::StoreHealth;
 
 pub mod counter;
 pub mod diagnostics;
+pub mod grpc;
 pub mod hello;
 pub mod info;
 pub mod kv;
+pub mod openapi;
 pub mod probes;
+pub mod ws;
 
 /// What every handler can reach. Cloning is one reference count.
 #[derive(Debug, Clone)]
@@ -47,32 +52,37 @@ pub struct Shared {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn Store>,
+    /// Whether the store answers, as this replica's calls found it (`/readyz`, `/api/info`).
+    pub store_health: Arc<StoreHealth>,
     pub faults: Arc<Faults>,
+    /// The gRPC health service, kept equal to readiness by [`grpc::follow_readiness`].
+    pub grpc_health: grpc::Health,
     /// When the process started serving, for uptime.
     pub started: Instant,
-    /// `x-served-by`, built once.
-    pub served_by: HeaderValue,
-    /// Every header of the plain-text greeting, stamps included ([`hello`]); cloned for each
-    /// answer, which costs far less than inserting them one by one.
-    pub greeting_headers: HeaderMap,
     /// The machine's hostname for /api/info, read once: it does not change while we run.
     pub hostname: String,
+    /// The OpenAPI description `/openapi.json` serves, made once: it says this config's limits.
+    pub openapi: bytes::Bytes,
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
-        let served_by = HeaderValue::from_str(&config.instance_name)
-            .expect("config validated the instance name as a header value");
-        let greeting_headers = hello::greeting_headers(&served_by);
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        store_health: Arc<StoreHealth>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let openapi = openapi::document(&config);
         Self(Arc::new(Shared {
+            openapi,
             config,
             readiness: Arc::new(Readiness::new()),
             metrics,
             store,
+            store_health,
             faults: Arc::new(Faults::default()),
+            grpc_health: grpc::Health::new(),
             started: Instant::now(),
-            served_by,
-            greeting_headers,
             hostname: crate::config::hostname(),
         }))
     }
@@ -87,96 +97,53 @@ impl Deref for AppState {
 }
 
 /// Every public route, without the middleware (see [`crate::observe::public_app`]).
-pub fn routes() -> Routes {
-    Routes::default()
-        .merge(hello::routes())
-        .merge(probes::routes())
-        .merge(info::routes())
-        .merge(diagnostics::routes())
-        .merge(counter::routes())
-        .merge(kv::routes())
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(hello::router())
+        .merge(probes::router())
+        .merge(info::router())
+        .merge(diagnostics::router())
+        .merge(counter::router())
+        .merge(kv::router())
+        .merge(grpc::router())
+        .merge(ws::router())
+        .merge(openapi::router())
 }
 
-/// Routes and their templates, built together so the labels [`crate::observe`] gives metrics
-/// and logs name exactly the routes axum serves.
-#[derive(Debug, Default)]
-pub struct Routes {
-    router: Router<AppState>,
-    templates: Vec<&'static str>,
-    /// The [`Direct`] answer of each template, if it has one (same order as `templates`).
-    direct: Vec<Option<Direct>>,
+/// Bytes of any kind, as the OpenAPI description names `application/octet-stream` (and gRPC)
+/// bodies.
+#[derive(Debug)]
+pub struct Binary;
+
+impl utoipa::PartialSchema for Binary {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
 }
 
-/// A `GET` (and `HEAD`) answer made at once from the request's headers: no body, no extractor
-/// that can refuse, nothing to wait for. [`crate::observe`] calls it itself rather than through
-/// axum's router, which would box the request, insert its path parameters into the request's
-/// extensions and clone the state: about 2,400 instructions a `GET /`, measured with callgrind
-/// (the commit that added this has the figures).
-pub type Direct = fn(&AppState, &HeaderMap) -> Response;
+impl utoipa::ToSchema for Binary {}
 
-impl Routes {
-    /// Adds `endpoint` at `template`; as with axum, methods added to a template twice merge.
-    pub fn route(mut self, template: &'static str, endpoint: MethodRouter<AppState>) -> Self {
-        self.router = self.router.route(template, endpoint);
-        self.add_template(template, None);
-        self
-    }
-
-    /// Adds `answer` as the `GET` of `template`. The router gets the same answer as an
-    /// ordinary handler, so other methods still get their 405 with `Allow`, and the path with
-    /// faults switched on still reaches it.
-    pub fn direct(mut self, template: &'static str, answer: Direct) -> Self {
-        let handler = move |State(state): State<AppState>, request: Request| async move {
-            answer(&state, request.headers())
-        };
-        self.router = self.router.route(template, get(handler));
-        self.add_template(template, Some(answer));
-        self
-    }
-
-    pub fn merge(mut self, other: Routes) -> Self {
-        self.router = self.router.merge(other.router);
-        for (template, direct) in other.templates.into_iter().zip(other.direct) {
-            self.add_template(template, direct);
-        }
-        self
-    }
-
-    fn add_template(&mut self, template: &'static str, direct: Option<Direct>) {
-        match self.templates.iter().position(|known| *known == template) {
-            Some(index) => self.direct[index] = direct.or(self.direct[index]),
-            None => {
-                self.templates.push(template);
-                self.direct.push(direct);
+/// Reads a whole request body.
+///
+/// The body limit is applied by the middleware, the one place that does ([`crate::observe`]):
+/// a `Content-Length` over it was refused before the route ran, and a body that streams past
+/// it (chunked) is cut off there, which this answers 413.
+pub async fn read_body(state: &AppState, body: Body) -> Result<bytes::Bytes, ApiError> {
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => {
+            let cause = err.into_inner();
+            if cause.is::<http_body_util::LengthLimitError>() {
+                Err(ApiError::payload_too_large(state.config.body_limit))
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "could not read the request body: {cause}"
+                )))
             }
         }
-    }
-
-    /// Every route template, in the order the routes were added, with its direct answer.
-    pub fn templates(&self) -> impl Iterator<Item = (&'static str, Option<Direct>)> + '_ {
-        self.templates
-            .iter()
-            .copied()
-            .zip(self.direct.iter().copied())
-    }
-
-    pub fn into_router(self) -> Router<AppState> {
-        self.router
-    }
-}
-
-/// Reads a whole body, refusing more than `limit` bytes with 413.
-///
-/// A `Content-Length` over the limit has already been refused by [`crate::observe`] before the
-/// handler ran; this catches chunked bodies that grow past it.
-pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::payload_too_large(limit))
-        }
-        Err(err) => Err(ApiError::bad_request(format!(
-            "could not read the request body: {err}"
-        ))),
     }
 }

@@ -141,59 +141,95 @@ pub(crate) struct Plan {
     thresholds: Thresholds,
 }
 
+/// Where a check sends its requests, read from its URL argument by [`parse_target`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The URL as the report names it.
+    pub url: String,
+    /// The host name or address to resolve, without an IPv6 address's brackets.
+    pub host: String,
+    pub port: u16,
+    /// The request target: path and query.
+    pub path: Uri,
+    /// The `Host` header: the URL's authority as written.
+    pub authority: HeaderValue,
+}
+
+/// Reads a check's URL argument: `http://` (which may be left out), a host, an optional port
+/// other than 0, an optional path and query; no credentials, no other scheme.
+pub fn parse_target(url: &str) -> Result<Target, ArgError> {
+    let raw = url.trim();
+    let with_scheme = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    };
+    let uri: Uri = with_scheme
+        .parse()
+        .map_err(|e| bad(format!("invalid URL {raw:?}: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(bad(format!(
+                "unsupported URL scheme {other:?}: only http:// is supported"
+            )));
+        }
+        None => return Err(bad(format!("invalid URL {raw:?}: no scheme"))),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| bad(format!("invalid URL {raw:?}: no host")))?;
+    if authority.as_str().contains('@') {
+        return Err(bad(
+            "credentials in the URL are not supported: send them with -H \"Authorization: ...\"",
+        ));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    if host.is_empty() {
+        return Err(bad(format!("invalid URL {raw:?}: no host")));
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    if port == 0 {
+        return Err(bad(format!("invalid URL {raw:?}: port 0")));
+    }
+    // `uri.path()` is `/` when the URL has none, also before a query (`host:80?x=1`).
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{}?{query}", uri.path()),
+        None => uri.path().to_owned(),
+    };
+    let path: Uri = path_and_query
+        .parse()
+        .map_err(|e| bad(format!("invalid URL path in {raw:?}: {e}")))?;
+    let authority = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| bad(format!("invalid URL {raw:?}: host")))?;
+    Ok(Target {
+        url: uri.to_string(),
+        host,
+        port,
+        path,
+        authority,
+    })
+}
+
 impl Plan {
     fn new(args: &CheckArgs) -> Result<Self, ArgError> {
-        let raw = args.url.trim();
-        let with_scheme = if raw.contains("://") {
-            raw.to_owned()
-        } else {
-            format!("http://{raw}")
-        };
-        let uri: Uri = with_scheme
-            .parse()
-            .map_err(|e| bad(format!("invalid URL {raw:?}: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(other) => {
-                return Err(bad(format!(
-                    "unsupported URL scheme {other:?}: only http:// is supported"
-                )));
-            }
-            None => return Err(bad(format!("invalid URL {raw:?}: no scheme"))),
-        }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| bad(format!("invalid URL {raw:?}: no host")))?;
-        if authority.as_str().contains('@') {
-            return Err(bad(
-                "credentials in the URL are not supported: send them with -H \"Authorization: ...\"",
-            ));
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        if host.is_empty() {
-            return Err(bad(format!("invalid URL {raw:?}: no host")));
-        }
-        let port = authority.port_u16().unwrap_or(80);
-        if port == 0 {
-            return Err(bad(format!("invalid URL {raw:?}: port 0")));
-        }
-        let path: Uri = uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .map_err(|e| bad(format!("invalid URL path in {raw:?}: {e}")))?;
+        let Target {
+            url,
+            host,
+            port,
+            path,
+            authority,
+        } = parse_target(&args.url)?;
 
         let method = Method::from_bytes(args.method.trim().to_ascii_uppercase().as_bytes())
             .map_err(|_| bad(format!("invalid HTTP method {:?}", args.method)))?;
 
         let mut headers = HeaderMap::new();
-        let host_value = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| bad(format!("invalid URL {raw:?}: host")))?;
-        headers.insert(header::HOST, host_value);
+        headers.insert(header::HOST, authority);
         let agent = format!("hello-world-check/{}", crate::VERSION);
         let agent = HeaderValue::from_str(&agent)
             .unwrap_or_else(|_| HeaderValue::from_static("hello-world-check"));
@@ -251,7 +287,7 @@ impl Plan {
         }
 
         Ok(Self {
-            url: uri.to_string(),
+            url,
             host,
             port,
             path,
@@ -301,8 +337,8 @@ impl Plan {
     }
 }
 
-/// Parses `Name: value` (or `Name:value`).
-fn parse_header(line: &str) -> Result<(HeaderName, HeaderValue), ArgError> {
+/// Parses a `-H` argument, `Name: value` (or `Name:value`).
+pub fn parse_header(line: &str) -> Result<(HeaderName, HeaderValue), ArgError> {
     let (name, value) = line
         .split_once(':')
         .ok_or_else(|| bad(format!("invalid header {line:?}: expected \"Name: value\"")))?;
@@ -453,6 +489,8 @@ mod tests {
         assert_eq!(p.host, "localhost");
         assert_eq!(p.port, 8080);
         assert_eq!(p.path, "/api/info?x=1");
+        let p = plan(&["localhost:8080?x=1"]).expect("a query needs no path before it");
+        assert_eq!(p.path, "/?x=1");
         let p = plan(&["http://[::1]/"]).expect("valid");
         assert_eq!(p.host, "::1");
         assert_eq!(p.port, 80);

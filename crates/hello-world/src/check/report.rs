@@ -57,12 +57,23 @@ impl ErrorKind {
     }
 }
 
-/// Requests one replica answered, by the version it announced.
+/// Who answered a request, as the response named itself (`x-served-by`, `x-version`,
+/// `x-node`): raw header bytes, decoded once at the end of the run, not per request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Identity<'a> {
+    pub replica: Option<&'a [u8]>,
+    pub version: Option<&'a [u8]>,
+    /// The machine the replica runs on, when it says.
+    pub machine: Option<&'a [u8]>,
+}
+
+/// Requests one replica answered, by the version it announced, and the machine it named.
 #[derive(Debug, Default, Clone)]
 struct ReplicaTally {
     count: u64,
-    // Raw header bytes: a name or version is decoded once at the end, not per request.
     versions: BTreeMap<Vec<u8>, u64>,
+    // A replica runs on one machine; the last one named is kept.
+    machine: Option<Vec<u8>>,
 }
 
 /// Everything one worker saw. Each worker owns one, so recording takes no lock; the runner
@@ -76,6 +87,7 @@ pub struct Tally {
     error_messages: BTreeMap<ErrorKind, String>,
     replicas: HashMap<Vec<u8>, ReplicaTally>,
     versions: HashMap<Vec<u8>, u64>,
+    machines: HashMap<Vec<u8>, u64>,
     unidentified: u64,
     retries: u64,
     connections: u64,
@@ -101,6 +113,7 @@ impl Tally {
             error_messages: BTreeMap::new(),
             replicas: HashMap::new(),
             versions: HashMap::new(),
+            machines: HashMap::new(),
             unidentified: 0,
             retries: 0,
             connections: 0,
@@ -108,14 +121,14 @@ impl Tally {
         }
     }
 
-    /// Records a request that got an HTTP response, with the replica and version it named.
-    pub fn record_response(
-        &mut self,
-        status: u16,
-        replica: Option<&[u8]>,
-        version: Option<&[u8]>,
-        latency: Duration,
-    ) {
+    /// Records a request that got an HTTP response, with the replica, version and machine it
+    /// named.
+    pub fn record_response(&mut self, status: u16, identity: Identity<'_>, latency: Duration) {
+        let Identity {
+            replica,
+            version,
+            machine,
+        } = identity;
         self.requests += 1;
         *self.status.entry(status).or_insert(0) += 1;
         let micros = u64::try_from(latency.as_micros())
@@ -124,6 +137,9 @@ impl Tally {
         self.latency_us.saturating_record(micros);
         if let Some(version) = version {
             bump(&mut self.versions, version);
+        }
+        if let Some(machine) = machine {
+            bump(&mut self.machines, machine);
         }
         match replica {
             Some(name) => {
@@ -139,6 +155,11 @@ impl Tally {
                             replica.versions.insert(version.to_vec(), 1);
                         }
                     }
+                }
+                if let Some(machine) = machine
+                    && replica.machine.as_deref() != Some(machine)
+                {
+                    replica.machine = Some(machine.to_vec());
                 }
             }
             None => self.unidentified += 1,
@@ -181,9 +202,15 @@ impl Tally {
             for (version, n) in theirs.versions {
                 *ours.versions.entry(version).or_insert(0) += n;
             }
+            if theirs.machine.is_some() {
+                ours.machine = theirs.machine;
+            }
         }
         for (version, n) in other.versions {
             *self.versions.entry(version).or_insert(0) += n;
+        }
+        for (machine, n) in other.machines {
+            *self.machines.entry(machine).or_insert(0) += n;
         }
         self.unidentified += other.unidentified;
         self.retries += other.retries;
@@ -284,6 +311,10 @@ pub struct Summary {
     pub versions: BTreeMap<String, u64>,
     /// The version each replica announced (comma-separated if it announced several).
     pub replica_versions: BTreeMap<String, String>,
+    /// Responses by the machine named in `x-node` (empty when no replica names one).
+    pub machines: BTreeMap<String, u64>,
+    /// The machine each replica named.
+    pub replica_machines: BTreeMap<String, String>,
     /// Responses that named no replica.
     pub unidentified: u64,
     pub latency_ms: Latency,
@@ -327,6 +358,16 @@ impl Summary {
             .iter()
             .map(|(v, n)| (decode(v), *n))
             .collect();
+        let machines = tally
+            .machines
+            .iter()
+            .map(|(m, n)| (decode(m), *n))
+            .collect();
+        let replica_machines = tally
+            .replicas
+            .iter()
+            .filter_map(|(name, r)| Some((decode(name), decode(r.machine.as_deref()?))))
+            .collect();
         let duration_s = elapsed.as_secs_f64();
         let rps = if duration_s > 0.0 {
             tally.requests as f64 / duration_s
@@ -348,6 +389,8 @@ impl Summary {
             replicas,
             versions,
             replica_versions,
+            machines,
+            replica_machines,
             unidentified: tally.unidentified,
             latency_ms: latency(&tally.latency_us),
             rps: round3(rps),
@@ -372,6 +415,15 @@ impl Summary {
     pub fn share(&self, replica: &str) -> f64 {
         let responses = self.responses();
         match self.replicas.get(replica) {
+            Some(&count) if responses > 0 => count as f64 / responses as f64,
+            _ => 0.0,
+        }
+    }
+
+    /// The share of responses a machine served, 0.0–1.0.
+    pub fn machine_share(&self, machine: &str) -> f64 {
+        let responses = self.responses();
+        match self.machines.get(machine) {
             Some(&count) if responses > 0 => count as f64 / responses as f64,
             _ => 0.0,
         }
@@ -555,6 +607,32 @@ pub fn render(summary: &Summary) -> String {
             );
         }
     }
+    if !s.machines.is_empty() {
+        let width = s
+            .machines
+            .keys()
+            .map(|n| n.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(7);
+        let _ = writeln!(out, "  machines   {} answered", s.machines.len());
+        for (machine, count) in &s.machines {
+            let share = s.machine_share(machine);
+            let on_it: Vec<&str> = s
+                .replica_machines
+                .iter()
+                .filter(|(_, m)| *m == machine)
+                .map(|(replica, _)| replica.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "    {machine:<width$}  {count:>8}  {:>5.1} %  {}  {}",
+                share * 100.0,
+                bar(share),
+                on_it.join(", ")
+            );
+        }
+    }
     if s.unidentified > 0 {
         let _ = writeln!(
             out,
@@ -602,6 +680,60 @@ mod tests {
         Tally::new(Duration::from_secs(10))
     }
 
+    fn named<'a>(replica: Option<&'a str>, version: Option<&'a str>) -> Identity<'a> {
+        Identity {
+            replica: replica.map(str::as_bytes),
+            version: version.map(str::as_bytes),
+            machine: None,
+        }
+    }
+
+    fn on_machine<'a>(replica: &'a str, machine: &'a str) -> Identity<'a> {
+        Identity {
+            replica: Some(replica.as_bytes()),
+            version: Some(b"1.0.0"),
+            machine: Some(machine.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn responses_are_counted_per_machine_beside_per_replica() {
+        let mut a = tally();
+        a.record_response(200, on_machine("web.1", "node-1"), ms(1));
+        a.record_response(200, on_machine("web.2", "node-2"), ms(1));
+        let mut b = tally();
+        b.record_response(200, on_machine("web.1", "node-1"), ms(1));
+        b.record_response(200, on_machine("web.4", "node-1"), ms(1));
+        a.merge(b);
+        let s = summary(&a, &Thresholds::default());
+        assert_eq!(s.machines["node-1"], 3);
+        assert_eq!(s.machines["node-2"], 1);
+        assert_eq!(s.replica_machines["web.4"], "node-1");
+        assert!((s.machine_share("node-1") - 0.75).abs() < 1e-9);
+        let json: serde_json::Value = serde_json::from_str(&s.to_json()).expect("valid JSON");
+        assert_eq!(json["machines"]["node-2"], 1);
+        assert_eq!(json["replica_machines"]["web.2"], "node-2");
+        let text = render(&s);
+        assert!(text.contains("machines   2 answered"), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("node-1"))
+            .expect("a line for node-1");
+        assert!(
+            line.contains("75.0 %") && line.contains("web.1, web.4"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_run_without_machine_names_reports_no_machines() {
+        let mut t = tally();
+        t.record_response(200, named(Some("a"), Some("1")), ms(1));
+        let s = summary(&t, &Thresholds::default());
+        assert!(s.machines.is_empty() && s.replica_machines.is_empty());
+        assert!(!render(&s).contains("machines"));
+    }
+
     fn summary(tally: &Tally, thresholds: &Thresholds) -> Summary {
         Summary::new(info(), tally, Duration::from_secs(2), thresholds, None)
     }
@@ -610,7 +742,7 @@ mod tests {
     fn percentiles_come_from_the_recorded_latencies() {
         let mut t = tally();
         for i in 1..=1000 {
-            t.record_response(200, None, None, Duration::from_micros(i * 1000));
+            t.record_response(200, Identity::default(), Duration::from_micros(i * 1000));
         }
         let s = summary(&t, &Thresholds::default());
         // Three significant figures: each value is within 0.1 % of the exact percentile.
@@ -631,7 +763,7 @@ mod tests {
     #[test]
     fn latencies_longer_than_the_histogram_are_clamped_not_lost() {
         let mut t = Tally::new(ms(100));
-        t.record_response(200, None, None, Duration::from_secs(60));
+        t.record_response(200, Identity::default(), Duration::from_secs(60));
         let s = summary(&t, &Thresholds::default());
         assert_eq!(s.requests, 1);
         assert!(
@@ -644,14 +776,14 @@ mod tests {
     #[test]
     fn merged_tallies_add_up_counts_replicas_versions_and_latencies() {
         let mut a = tally();
-        a.record_response(200, Some(b"alpha"), Some(b"1.0.0"), ms(1));
-        a.record_response(500, Some(b"beta"), Some(b"1.0.0"), ms(2));
+        a.record_response(200, named(Some("alpha"), Some("1.0.0")), ms(1));
+        a.record_response(500, named(Some("beta"), Some("1.0.0")), ms(2));
         a.record_error(ErrorKind::Refused, || "first refusal".to_owned());
         a.record_retry();
         a.record_connection();
         let mut b = tally();
-        b.record_response(200, Some(b"alpha"), Some(b"1.1.0"), ms(3));
-        b.record_response(204, None, None, ms(4));
+        b.record_response(200, named(Some("alpha"), Some("1.1.0")), ms(3));
+        b.record_response(204, Identity::default(), ms(4));
         b.record_error(ErrorKind::Refused, || "second refusal".to_owned());
         b.record_error(ErrorKind::Timeout, || "too slow".to_owned());
         b.record_connection();
@@ -698,8 +830,8 @@ mod tests {
     #[test]
     fn a_clean_run_passes() {
         let mut t = tally();
-        t.record_response(200, Some(b"a"), None, ms(1));
-        t.record_response(301, Some(b"b"), None, ms(1));
+        t.record_response(200, named(Some("a"), None), ms(1));
+        t.record_response(301, named(Some("b"), None), ms(1));
         let s = summary(&t, &Thresholds::default());
         assert_eq!(
             s.verdict,
@@ -714,9 +846,9 @@ mod tests {
     fn any_failure_fails_by_default_but_a_tolerated_rate_passes() {
         let mut t = tally();
         for _ in 0..99 {
-            t.record_response(200, None, None, ms(1));
+            t.record_response(200, Identity::default(), ms(1));
         }
-        t.record_response(503, None, None, ms(1));
+        t.record_response(503, Identity::default(), ms(1));
         let strict = summary(&t, &Thresholds::default());
         assert!(!strict.verdict.pass);
         assert!(strict.verdict.reasons[0].contains("1 of 100 requests failed"));
@@ -736,7 +868,7 @@ mod tests {
     #[test]
     fn transport_errors_count_as_failures() {
         let mut t = tally();
-        t.record_response(200, None, None, ms(1));
+        t.record_response(200, Identity::default(), ms(1));
         t.record_error(ErrorKind::Reset, || "reset".to_owned());
         let s = summary(&t, &Thresholds::default());
         assert_eq!(s.errors, 1);
@@ -746,8 +878,8 @@ mod tests {
     #[test]
     fn too_few_replicas_fail_the_expectation() {
         let mut t = tally();
-        t.record_response(200, Some(b"a"), None, ms(1));
-        t.record_response(200, Some(b"b"), None, ms(1));
+        t.record_response(200, named(Some("a"), None), ms(1));
+        t.record_response(200, named(Some("b"), None), ms(1));
         let want3 = Thresholds {
             expect_replicas: Some(3),
             ..Thresholds::default()
@@ -769,9 +901,9 @@ mod tests {
     fn a_replica_below_the_minimum_share_fails() {
         let mut t = tally();
         for _ in 0..3 {
-            t.record_response(200, Some(b"busy"), None, ms(1));
+            t.record_response(200, named(Some("busy"), None), ms(1));
         }
-        t.record_response(200, Some(b"idle"), None, ms(1));
+        t.record_response(200, named(Some("idle"), None), ms(1));
         let quarter = Thresholds {
             min_share: Some(0.25),
             ..Thresholds::default()
@@ -790,7 +922,7 @@ mod tests {
     #[test]
     fn a_share_requirement_without_named_replicas_fails() {
         let mut t = tally();
-        t.record_response(200, None, None, ms(1));
+        t.record_response(200, Identity::default(), ms(1));
         let s = summary(
             &t,
             &Thresholds {
@@ -828,7 +960,7 @@ mod tests {
     #[test]
     fn the_json_object_has_every_documented_key() {
         let mut t = tally();
-        t.record_response(200, Some(b"a"), Some(b"1.0.0"), ms(1));
+        t.record_response(200, named(Some("a"), Some("1.0.0")), ms(1));
         t.record_error(ErrorKind::ConnectTimeout, || "slow".to_owned());
         let json: serde_json::Value =
             serde_json::from_str(&summary(&t, &Thresholds::default()).to_json()).expect("json");
@@ -877,9 +1009,9 @@ mod tests {
     fn the_human_report_shows_shares_bars_and_reasons() {
         let mut t = tally();
         for _ in 0..3 {
-            t.record_response(200, Some(b"replica-a"), Some(b"1.0.0"), ms(1));
+            t.record_response(200, named(Some("replica-a"), Some("1.0.0")), ms(1));
         }
-        t.record_response(200, Some(b"replica-b"), Some(b"1.0.0"), ms(1));
+        t.record_response(200, named(Some("replica-b"), Some("1.0.0")), ms(1));
         t.record_error(ErrorKind::Refused, || {
             "connection refused to 127.0.0.1:9".to_owned()
         });

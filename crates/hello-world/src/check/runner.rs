@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not std's: a test can pause and advance it.
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, header};
@@ -18,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::Plan;
-use super::report::{ErrorKind, Tally};
+use super::report::{ErrorKind, Identity, Tally};
 
 /// When the run stops handing out requests.
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +153,7 @@ struct Answer {
     status: u16,
     served_by: Option<HeaderValue>,
     version: Option<HeaderValue>,
+    node: Option<HeaderValue>,
     // The server said `connection: close`; the next request needs a new connection.
     close: bool,
 }
@@ -228,8 +232,11 @@ impl Worker {
                 self.shared.answered.store(true, Ordering::Relaxed);
                 self.tally.record_response(
                     answer.status,
-                    answer.served_by.as_ref().map(HeaderValue::as_bytes),
-                    answer.version.as_ref().map(HeaderValue::as_bytes),
+                    Identity {
+                        replica: answer.served_by.as_ref().map(HeaderValue::as_bytes),
+                        version: answer.version.as_ref().map(HeaderValue::as_bytes),
+                        machine: answer.node.as_ref().map(HeaderValue::as_bytes),
+                    },
                     started.elapsed(),
                 );
             }
@@ -396,6 +403,7 @@ async fn exchange(
     let headers = &parts.headers;
     let mut served_by = headers.get("x-served-by").cloned();
     let mut version = headers.get("x-version").cloned();
+    let mut node = headers.get("x-node").cloned();
     let close = headers
         .get(header::CONNECTION)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
@@ -417,14 +425,16 @@ async fn exchange(
         }
     }
     if let Some(kept) = kept {
-        let (name, ver) = identity_from_json(&kept);
+        let (name, ver, machine) = identity_from_json(&kept);
         served_by = served_by.or(name);
         version = version.or(ver);
+        node = node.or(machine);
     }
     Ok(Answer {
         status: parts.status.as_u16(),
         served_by,
         version,
+        node,
         close,
     })
 }
@@ -432,11 +442,18 @@ async fn exchange(
 /// How much of a JSON body is kept to look for the replica's name and version.
 const INFO_BODY_LIMIT: usize = 16 * 1024;
 
-/// The replica name (`instance`, else `hostname`) and `version` of an `/api/info`-like body.
-fn identity_from_json(body: &[u8]) -> (Option<HeaderValue>, Option<HeaderValue>) {
+/// The replica name (`instance`, else `hostname`), `version` and machine (`node`) of an
+/// `/api/info`-like body.
+fn identity_from_json(
+    body: &[u8],
+) -> (
+    Option<HeaderValue>,
+    Option<HeaderValue>,
+    Option<HeaderValue>,
+) {
     let Ok(serde_json::Value::Object(info)) = serde_json::from_slice::<serde_json::Value>(body)
     else {
-        return (None, None);
+        return (None, None, None);
     };
     let text = |key: &str| {
         info.get(key)
@@ -446,6 +463,7 @@ fn identity_from_json(body: &[u8]) -> (Option<HeaderValue>, Option<HeaderValue>)
     (
         text("instance").or_else(|| text("hostname")),
         text("version"),
+        text("node"),
     )
 }
 
@@ -523,6 +541,50 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
+    /// A run's shared state for `args`, with its deadline (if timed) from now.
+    fn shared(args: &[&str]) -> Shared {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: crate::check::CheckArgs,
+        }
+        let only = <Only as clap::Parser>::try_parse_from(args).expect("valid arguments");
+        let plan = Plan::new(&only.args).expect("a valid plan");
+        let deadline = match plan.stop {
+            Stop::Duration(duration) => Some(Instant::now() + duration),
+            Stop::Count(_) => None,
+        };
+        Shared {
+            plan: Arc::new(plan),
+            addrs: Arc::from(Vec::new()),
+            issued: AtomicU64::new(0),
+            deadline,
+            answered: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
+            abort_reason: Mutex::new(None),
+            run_id: 1,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_run_hands_out_requests_until_its_duration_ends() {
+        let run = shared(&["check", "http://127.0.0.1:1/", "-z", "30s"]);
+        assert!(run.next_ticket());
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(run.next_ticket(), "a second before the end");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!run.next_ticket(), "the duration is over");
+    }
+
+    #[test]
+    fn a_counted_run_hands_out_exactly_its_count_unless_aborted() {
+        let run = shared(&["check", "http://127.0.0.1:1/", "-n", "3"]);
+        assert_eq!((0..5).filter(|_| run.next_ticket()).count(), 3);
+        let run = shared(&["check", "http://127.0.0.1:1/", "-n", "3"]);
+        run.abort("stopped".into());
+        assert!(!run.next_ticket());
+    }
+
     #[test]
     fn retries_back_off_exponentially_up_to_a_second() {
         assert_eq!(retry_backoff(1), Duration::from_millis(25));
@@ -562,14 +624,16 @@ mod tests {
     }
 
     #[test]
-    fn an_info_body_names_the_replica_and_version() {
-        let (name, version) =
-            identity_from_json(br#"{"instance":"web-1","hostname":"h","version":"1.2.3"}"#);
+    fn an_info_body_names_the_replica_version_and_machine() {
+        let (name, version, machine) = identity_from_json(
+            br#"{"instance":"web-1","hostname":"h","version":"1.2.3","node":"node-2"}"#,
+        );
         assert_eq!(name.expect("name"), "web-1");
         assert_eq!(version.expect("version"), "1.2.3");
-        let (name, version) = identity_from_json(br#"{"hostname":"h"}"#);
+        assert_eq!(machine.expect("machine"), "node-2");
+        let (name, version, machine) = identity_from_json(br#"{"hostname":"h","node":null}"#);
         assert_eq!(name.expect("name"), "h");
-        assert!(version.is_none());
+        assert!(version.is_none() && machine.is_none());
         assert_eq!(identity_from_json(b"[1,2]").0, None);
         assert_eq!(identity_from_json(b"not json").0, None);
     }

@@ -4,8 +4,13 @@
 //! correct under concurrency within one process (every verb is one critical section) but shares
 //! nothing between replicas and forgets everything on exit.
 //!
-//! Idempotency records are kept for the retention and at most [`MAX_IDEMPOTENCY_RECORDS`] of
-//! them at a time, so a client sending endless fresh keys cannot grow memory without bound.
+//! Its memory is bounded by a budget of bytes (`--store-budget`): keys, values, idempotency
+//! records and counters, each with a fixed allowance for its share of the maps
+//! ([`ENTRY_OVERHEAD`], [`RECORD_OVERHEAD`]). A write that would take the total past the budget
+//! is refused with [`StoreError::Full`] before anything changes; reads and deletes always work,
+//! and a delete (or an expired record) gives its bytes back. A write that frees as much as it
+//! takes, such as replacing a value with one no larger, is never refused. Idempotency records
+//! are kept for the retention, then forgotten.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -19,17 +24,23 @@ use super::{
     Condition, Entry, IDEMPOTENCY_RETENTION, Increment, Store, StoreError, Version, Written,
 };
 
-/// The most idempotency records kept at once. Past it the oldest record is forgotten early, so
-/// a retry of that request would count again; at 100 000 records the table stays around 20 MiB
-/// even with 128-byte keys.
-pub const MAX_IDEMPOTENCY_RECORDS: usize = 100_000;
+/// What the budget counts for a kv entry or a counter besides its own bytes: its slot in the map
+/// (a key and an entry, 64 bytes, in a table that may be half empty after it grew) and the
+/// allocator's rounding of its two allocations. Generous, so that a flood of tiny entries cannot
+/// outgrow the budget unseen.
+pub const ENTRY_OVERHEAD: usize = 256;
+
+/// The same for an idempotency record, which holds its counter name and key twice (in the map
+/// of results and in the queue of expiries): two slots and four allocations.
+pub const RECORD_OVERHEAD: usize = 320;
 
 /// The in-process [`Store`].
 #[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<State>,
     retention: Duration,
-    max_records: usize,
+    /// Most bytes the state may hold, as [`State::used`] counts them.
+    budget: usize,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +54,20 @@ struct State {
     /// The same records in insertion order with their expiry. Every record gets the same
     /// retention, so insertion order is expiry order and pruning only looks at the front.
     expiries: VecDeque<(Instant, (String, String))>,
+    /// Bytes held, as the budget counts them.
+    used: usize,
+}
+
+fn entry_cost(key: &str, value: &[u8]) -> usize {
+    ENTRY_OVERHEAD + key.len() + value.len()
+}
+
+fn counter_cost(name: &str) -> usize {
+    ENTRY_OVERHEAD + name.len()
+}
+
+fn record_cost((counter, key): &(String, String)) -> usize {
+    RECORD_OVERHEAD + 2 * (counter.len() + key.len())
 }
 
 impl State {
@@ -51,16 +76,28 @@ impl State {
         self.last_version
     }
 
-    /// Forgets records that have expired, then the oldest ones while over `max_records`.
-    fn prune(&mut self, now: Instant, max_records: usize) {
+    /// Forgets the records whose retention is over, giving their bytes back.
+    fn prune(&mut self, now: Instant) {
         while let Some((expires, _)) = self.expiries.front() {
-            if *expires > now && self.expiries.len() <= max_records {
+            if *expires > now {
                 break;
             }
             if let Some((_, id)) = self.expiries.pop_front() {
                 self.records.remove(&id);
+                self.used = self.used.saturating_sub(record_cost(&id));
             }
         }
+    }
+
+    /// Takes `more` bytes while giving back `less`, or refuses when that would take the total
+    /// past `budget` (then nothing changes).
+    fn reserve(&mut self, more: usize, less: usize, budget: usize) -> Result<(), StoreError> {
+        let after = self.used.saturating_sub(less).saturating_add(more);
+        if more > less && after > budget {
+            return Err(StoreError::Full);
+        }
+        self.used = after;
+        Ok(())
     }
 }
 
@@ -80,25 +117,32 @@ fn check(condition: Condition, current: Option<Version>) -> Result<(), StoreErro
 }
 
 impl MemoryStore {
-    pub fn new() -> Self {
-        Self::with_limits(IDEMPOTENCY_RETENTION, MAX_IDEMPOTENCY_RECORDS)
+    /// A store holding at most `budget` bytes, whose idempotency records last the retention.
+    pub fn new(budget: usize) -> Self {
+        Self::with_retention(IDEMPOTENCY_RETENTION, budget)
     }
 
-    /// A store whose idempotency records last `retention` and number at most `max_records`
-    /// (at least one).
-    pub fn with_limits(retention: Duration, max_records: usize) -> Self {
+    /// A store whose idempotency records last `retention`.
+    pub fn with_retention(retention: Duration, budget: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             retention,
-            max_records: max_records.max(1),
+            budget,
         }
     }
 
     /// The number of idempotency records currently held (after pruning expired ones).
     pub fn idempotency_records(&self) -> usize {
         let mut state = self.lock();
-        state.prune(Instant::now(), self.max_records);
+        state.prune(Instant::now());
         state.records.len()
+    }
+
+    /// The bytes held, as the budget counts them (after pruning expired records).
+    pub fn used(&self) -> usize {
+        let mut state = self.lock();
+        state.prune(Instant::now());
+        state.used
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -116,8 +160,15 @@ impl MemoryStore {
         condition: Condition,
     ) -> Result<Written, StoreError> {
         let mut state = self.lock();
-        let current = state.kv.get(key).map(|entry| entry.version);
+        let (current, freed) = match state.kv.get(key) {
+            Some(entry) => (Some(entry.version), entry_cost(key, &entry.value)),
+            None => (None, 0),
+        };
         check(condition, current)?;
+        state.reserve(entry_cost(key, &value), freed, self.budget)?;
+        // A value received in one piece may be a slice of a larger read buffer, which it would
+        // keep alive: a copy owns exactly the bytes the budget counts.
+        let value = Bytes::copy_from_slice(&value);
         let version = state.next_version();
         state.kv.insert(key.to_owned(), Entry { value, version });
         Ok(Written {
@@ -130,20 +181,31 @@ impl MemoryStore {
         let mut state = self.lock();
         let current = state.kv.get(key).map(|entry| entry.version);
         check(condition, current)?;
-        Ok(state.kv.remove(key).is_some())
+        match state.kv.remove(key) {
+            Some(entry) => {
+                state.used = state.used.saturating_sub(entry_cost(key, &entry.value));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
-    fn increment_now(&self, counter: &str, key: Option<&str>) -> Increment {
+    fn increment_now(&self, counter: &str, key: Option<&str>) -> Result<Increment, StoreError> {
         let now = Instant::now();
         let mut state = self.lock();
-        state.prune(now, self.max_records);
+        state.prune(now);
         let id = key.map(|key| (counter.to_owned(), key.to_owned()));
         if let Some(first) = id.as_ref().and_then(|id| state.records.get(id)) {
-            return Increment {
+            return Ok(Increment {
                 value: *first,
                 replayed: true,
-            };
+            });
         }
+        // Room for what this increment adds, taken before anything changes.
+        let new_counter = !state.counters.contains_key(counter);
+        let more =
+            usize::from(new_counter) * counter_cost(counter) + id.as_ref().map_or(0, record_cost);
+        state.reserve(more, 0, self.budget)?;
         let value = {
             let slot = state.counters.entry(counter.to_owned()).or_insert(0);
             *slot = slot.saturating_add(1);
@@ -152,19 +214,11 @@ impl MemoryStore {
         if let Some(id) = id {
             state.records.insert(id.clone(), value);
             state.expiries.push_back((now + self.retention, id));
-            // The new record may take the table over its cap.
-            state.prune(now, self.max_records);
         }
-        Increment {
+        Ok(Increment {
             value,
             replayed: false,
-        }
-    }
-}
-
-impl Default for MemoryStore {
-    fn default() -> Self {
-        Self::new()
+        })
     }
 }
 
@@ -203,7 +257,7 @@ impl Store for MemoryStore {
         counter: &'a str,
         idempotency_key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Increment, StoreError>> {
-        ready(Ok(self.increment_now(counter, idempotency_key))).boxed()
+        ready(self.increment_now(counter, idempotency_key)).boxed()
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -215,18 +269,23 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
 
+    /// Room for anything these tests write.
+    const ROOMY: usize = 1 << 20;
+
     #[tokio::test(start_paused = true)]
-    async fn idempotency_records_expire_after_the_retention() {
-        let store = MemoryStore::with_limits(Duration::from_secs(60), 10);
+    async fn idempotency_records_expire_after_the_retention_and_give_their_bytes_back() {
+        let store = MemoryStore::with_retention(Duration::from_secs(60), ROOMY);
         let first = store
             .increment("c", Some("k"))
             .await
-            .expect("memory never fails");
+            .expect("room for one record");
+        let with_record = store.used();
+        assert_eq!(
+            with_record,
+            counter_cost("c") + record_cost(&("c".to_owned(), "k".to_owned()))
+        );
         tokio::time::advance(Duration::from_secs(59)).await;
-        let replay = store
-            .increment("c", Some("k"))
-            .await
-            .expect("memory never fails");
+        let replay = store.increment("c", Some("k")).await.expect("a replay");
         assert_eq!(
             replay,
             Increment {
@@ -237,10 +296,12 @@ mod tests {
 
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(store.idempotency_records(), 0);
-        let again = store
-            .increment("c", Some("k"))
-            .await
-            .expect("memory never fails");
+        assert_eq!(
+            store.used(),
+            counter_cost("c"),
+            "the record's bytes are back"
+        );
+        let again = store.increment("c", Some("k")).await.expect("room again");
         assert_eq!(
             again,
             Increment {
@@ -250,38 +311,73 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn idempotency_records_are_capped_by_forgetting_the_oldest() {
-        let store = MemoryStore::with_limits(Duration::from_secs(60), 3);
-        for key in ["a", "b", "c", "d"] {
+    #[tokio::test]
+    async fn a_full_store_refuses_what_grows_it_and_allows_what_does_not() {
+        let value = Bytes::from(vec![b'v'; 1000]);
+        let one = entry_cost("k0", &value);
+        let store = MemoryStore::new(3 * one);
+        for key in ["k0", "k1", "k2"] {
             store
-                .increment("c", Some(key))
+                .put(key, value.clone(), Condition::Always)
                 .await
-                .expect("memory never fails");
+                .expect("fits the budget");
         }
-        assert_eq!(store.idempotency_records(), 3);
-        // "a" was forgotten: it counts again. "d" is still remembered.
-        let a = store
-            .increment("c", Some("a"))
-            .await
-            .expect("memory never fails");
-        assert_eq!(
-            a,
-            Increment {
-                value: 5,
-                replayed: false
-            }
+        assert_eq!(store.used(), 3 * one);
+        let refused = store.put("k3", value.clone(), Condition::Always).await;
+        assert!(matches!(refused, Err(StoreError::Full)), "{refused:?}");
+        assert!(
+            store.get("k3").await.expect("a read").is_none(),
+            "a refused write leaves nothing"
         );
-        let d = store
-            .increment("c", Some("d"))
-            .await
-            .expect("memory never fails");
+        let bigger = Bytes::from(vec![b'v'; 1001]);
+        let grown = store.put("k0", bigger, Condition::Always).await;
+        assert!(matches!(grown, Err(StoreError::Full)), "{grown:?}");
         assert_eq!(
-            d,
-            Increment {
-                value: 4,
-                replayed: true
-            }
+            store.get("k0").await.expect("a read").expect("kept").value,
+            value
         );
+        // Replacing a value with one no larger takes no more room.
+        let same = store
+            .put("k0", Bytes::from(vec![b'w'; 1000]), Condition::Always)
+            .await
+            .expect("no growth");
+        assert!(!same.created);
+        // A refused precondition is answered as such, full or not.
+        let conflict = store.put("k0", value.clone(), Condition::IfAbsent).await;
+        assert!(matches!(conflict, Err(StoreError::ConditionFailed { .. })));
+        // Increments that grow the store are refused; one that does not is counted.
+        let keyed = store.increment("c", Some("k")).await;
+        assert!(matches!(keyed, Err(StoreError::Full)), "{keyed:?}");
+        assert_eq!(
+            store.counter("c").await.expect("a read"),
+            0,
+            "nothing counted"
+        );
+
+        assert!(
+            store
+                .delete("k1", Condition::Always)
+                .await
+                .expect("a delete")
+        );
+        assert_eq!(store.used(), 2 * one);
+        store
+            .put("k3", value, Condition::Always)
+            .await
+            .expect("the deleted value's room");
+    }
+
+    #[tokio::test]
+    async fn a_stored_value_owns_exactly_its_bytes() {
+        let store = MemoryStore::new(ROOMY);
+        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        store
+            .put("k", buffer.slice(..3), Condition::Always)
+            .await
+            .expect("put");
+        let stored = store.get("k").await.expect("get").expect("present").value;
+        assert_eq!(stored, "xxx");
+        // Not a view into the 64 KiB buffer, which the budget does not count.
+        assert!(!buffer.as_ptr_range().contains(&stored.as_ptr()));
     }
 }

@@ -1,8 +1,9 @@
-//! A [`Store`] decorator that reports every operation, its outcome and its duration to an
-//! [`Observer`], so metrics see every store call without any store knowing about metrics.
+//! A [`Store`] decorator that reports every operation, when it started and how it ended to an
+//! [`Observer`] (the service's is [`super::health::StoreHealth`]), so metrics and the store's
+//! health see every store call without any store knowing about either.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -21,6 +22,11 @@ pub enum Op {
 }
 
 impl Op {
+    /// True for the verbs that change nothing.
+    pub fn is_read(self) -> bool {
+        matches!(self, Op::Get | Op::Counter)
+    }
+
     pub const ALL: [Op; 6] = [
         Op::Get,
         Op::Put,
@@ -48,53 +54,64 @@ pub enum Outcome {
     Ok,
     /// The write's condition did not hold: an answer, not a failure of the store.
     Conflict,
+    /// The store had no room for the write: an answer too.
+    Full,
+    /// The store could not be reached or used.
     Unavailable,
+    /// The store answered this call with an error.
+    Failed,
     Timeout,
+    /// A write no replica confirmed (see [`StoreError::NotReplicated`]).
+    NotReplicated,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::Conflict,
+        Outcome::Full,
         Outcome::Unavailable,
+        Outcome::Failed,
         Outcome::Timeout,
+        Outcome::NotReplicated,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Conflict => "conflict",
+            Outcome::Full => "full",
             Outcome::Unavailable => "unavailable",
+            Outcome::Failed => "failed",
             Outcome::Timeout => "timeout",
+            Outcome::NotReplicated => "not_replicated",
         }
     }
 
-    /// True when the store failed (unreachable or too slow).
+    /// True when the store failed (unreachable, too slow, or refused the call).
     pub fn is_error(self) -> bool {
-        matches!(self, Outcome::Unavailable | Outcome::Timeout)
+        matches!(
+            self,
+            Outcome::Unavailable | Outcome::Failed | Outcome::Timeout | Outcome::NotReplicated
+        )
     }
 
-    fn of<T>(result: &Result<T, StoreError>) -> Self {
+    pub fn of(result: Result<(), &StoreError>) -> Self {
         match result {
-            Ok(_) => Outcome::Ok,
+            Ok(()) => Outcome::Ok,
             Err(StoreError::ConditionFailed { .. }) => Outcome::Conflict,
-            Err(StoreError::Unavailable(_)) => Outcome::Unavailable,
+            Err(StoreError::Full) => Outcome::Full,
+            Err(StoreError::Unavailable { .. }) => Outcome::Unavailable,
+            Err(StoreError::Failed { .. }) => Outcome::Failed,
             Err(StoreError::Timeout(_)) => Outcome::Timeout,
+            Err(StoreError::NotReplicated { .. }) => Outcome::NotReplicated,
         }
     }
 }
 
-/// Receives one report per finished store call.
+/// Receives one report per finished store call: its verb, when it started, how it ended.
 pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
-    fn observe(&self, op: Op, outcome: Outcome, elapsed: Duration);
-}
-
-/// The service's metrics count calls and failures by operation; a conflict is an answer, not a
-/// failure.
-impl Observer for crate::metrics::Metrics {
-    fn observe(&self, op: Op, outcome: Outcome, _elapsed: Duration) {
-        self.record_store_operation(op.as_str(), outcome.is_error());
-    }
+    fn observe(&self, op: Op, started: Instant, result: Result<(), &StoreError>);
 }
 
 /// Wraps a store and reports each of its calls.
@@ -118,7 +135,7 @@ impl Metered {
             let started = Instant::now();
             let result = call.await;
             self.observer
-                .observe(op, Outcome::of(&result), started.elapsed());
+                .observe(op, started, result.as_ref().map(|_| ()));
             result
         }
         .boxed()
@@ -174,6 +191,7 @@ impl Store for Metered {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::time::Duration;
 
     use super::*;
     use crate::store::memory::MemoryStore;
@@ -182,15 +200,18 @@ mod tests {
     struct Recorder(Mutex<Vec<(Op, Outcome)>>);
 
     impl Observer for Recorder {
-        fn observe(&self, op: Op, outcome: Outcome, _elapsed: Duration) {
-            self.0.lock().expect("not poisoned").push((op, outcome));
+        fn observe(&self, op: Op, _started: Instant, result: Result<(), &StoreError>) {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .push((op, Outcome::of(result)));
         }
     }
 
     #[tokio::test]
     async fn every_call_is_reported_with_its_outcome() {
         let recorder = Arc::new(Recorder::default());
-        let store = Metered::new(Arc::new(MemoryStore::new()), recorder.clone());
+        let store = Metered::new(Arc::new(MemoryStore::new(1 << 20)), recorder.clone());
         store
             .put("k", Bytes::from_static(b"v"), Condition::Always)
             .await

@@ -8,20 +8,32 @@
 //! - versions come from one store-wide sequence, so an ETag never repeats for a key, even
 //!   after a delete and re-create;
 //! - `put`/`delete` with a [`Condition`] are atomic compare-and-set operations;
+//! - a store without room refuses a write with [`StoreError::Full`] and changes nothing, while
+//!   reads and deletes still work;
 //! - `increment` with an idempotency key counts once per key within the retention, and a retry
 //!   returns the first result.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
+use self::health::StoreHealth;
+
+pub mod health;
 pub mod memory;
 pub mod metered;
 pub mod redis;
 
 /// A store-wide, strictly increasing version number; the kv ETag.
 pub type Version = u64;
+
+/// A version as an HTTP entity tag, `"42"`: the `ETag` of the kv routes and the
+/// `current_etag` of a refused conditional write, written the same way by this one function.
+pub fn entity_tag(version: Version) -> String {
+    format!("\"{version}\"")
+}
 
 /// How long an idempotency key remembers its first result.
 pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -69,12 +81,51 @@ pub enum StoreError {
     /// The write's [`Condition`] did not hold; `current` is the version found (None: absent).
     #[error("precondition failed")]
     ConditionFailed { current: Option<Version> },
-    /// The store could not be reached or answered with an error.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    /// The store has no room for the write: the memory store's budget, or Redis's `maxmemory`,
+    /// is used up. Nothing was written; reads and deletes still work, and deletes make room.
+    #[error("store full")]
+    Full,
+    /// The store cannot be reached, or cannot serve anyone: every call fails alike until it
+    /// is back. `reason` names the cause in words a client may read ("connection refused");
+    /// `detail` is the store's own message, for the log only (it may name hosts).
+    #[error("store unavailable ({reason}): {detail}")]
+    Unavailable {
+        reason: &'static str,
+        detail: String,
+    },
+    /// The store answered this call with an error ("read-only replica", "cannot persist
+    /// writes"): it is reachable, this call failed. `reason` and `detail` as above.
+    #[error("store call failed ({reason}): {detail}")]
+    Failed {
+        reason: &'static str,
+        detail: String,
+    },
     /// The store did not answer within the per-call timeout.
     #[error("store call timed out after {0:?}")]
     Timeout(Duration),
+    /// A replicated store could not confirm that the write reached a replica: the primary
+    /// refused it for want of a replica in sync, or made it and no replica confirmed it within
+    /// the wait (`WAIT`). It is not acknowledged; it may still take effect, so a client retries
+    /// with the same idempotency key (a retried increment then counts once). Reads still work.
+    #[error("write not replicated ({reason}): {detail}")]
+    NotReplicated {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// Why the store could not serve the call, in words a client may read; `None` when the
+    /// store gave its answer (a precondition that did not hold is one, a full store another).
+    pub fn unavailable_reason(&self) -> Option<&'static str> {
+        match self {
+            StoreError::ConditionFailed { .. } | StoreError::Full => None,
+            StoreError::Unavailable { reason, .. }
+            | StoreError::Failed { reason, .. }
+            | StoreError::NotReplicated { reason, .. } => Some(reason),
+            StoreError::Timeout(_) => Some("timed out"),
+        }
+    }
 }
 
 /// The shared-state verbs. Futures are boxed so routes can hold an `Arc<dyn Store>`.
@@ -112,27 +163,48 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         idempotency_key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Increment, StoreError>>;
 
-    /// Succeeds when the store answers; drives readiness.
+    /// Succeeds when the store answers; keeps [`health::StoreHealth`] current when no request
+    /// calls the store.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
-/// Opens the store the configuration names: Redis when a URL is given, else in memory.
-/// Every call through the returned store is counted in [`Metrics`](crate::metrics::Metrics).
+/// Opens the store the configuration names: Redis at a URL, the Redis primary the Sentinels
+/// name, else in memory.
+/// Every call through the returned store is observed by the returned [`StoreHealth`]: counted
+/// in [`Metrics`](crate::metrics::Metrics), and telling whether the store answers.
 ///
-/// Never waits for Redis: a server whose Redis is down at start starts anyway and reports
-/// not-ready until the store answers.
+/// Never waits for Redis: a server whose Redis is down at start starts anyway, serves what
+/// needs no store, and reports the store unreachable until it answers.
 pub async fn open(
     config: &crate::config::Config,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-) -> anyhow::Result<std::sync::Arc<dyn Store>> {
-    let inner: std::sync::Arc<dyn Store> = match &config.redis_url {
-        None => std::sync::Arc::new(memory::MemoryStore::new()),
-        Some(url) => {
-            let store = redis::RedisStore::connect(url, config.store_timeout)
-                .map_err(|err| anyhow::anyhow!("--redis-url / HELLO_REDIS_URL: {err}"))?;
-            tracing::info!(address = store.address(), timeout = ?config.store_timeout, "store: redis");
-            std::sync::Arc::new(store)
-        }
+    metrics: Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<StoreHealth>)> {
+    let wait = redis::Wait {
+        replicas: config.redis_wait_replicas,
+        timeout: config.redis_wait_timeout,
     };
-    Ok(std::sync::Arc::new(metered::Metered::new(inner, metrics)))
+    let inner: Arc<dyn Store> = match (&config.redis_url, &config.redis_sentinel) {
+        (Some(url), _) => {
+            let store = redis::RedisStore::connect(url, config.store_timeout)
+                .map_err(|err| anyhow::anyhow!("--redis-url / HELLO_REDIS_URL: {err}"))?
+                .with_wait(wait);
+            tracing::info!(address = store.address(), timeout = ?config.store_timeout, replicas_to_confirm = wait.replicas, "store: redis");
+            Arc::new(store)
+        }
+        (None, Some(sentinel)) => {
+            let store = redis::RedisStore::through_sentinels(
+                &sentinel.addresses,
+                &sentinel.master_name,
+                config.store_timeout,
+            )
+            .map_err(|err| anyhow::anyhow!("--redis-sentinel / HELLO_REDIS_SENTINEL: {err}"))?
+            .with_wait(wait);
+            tracing::info!(address = store.address(), timeout = ?config.store_timeout, replicas_to_confirm = wait.replicas, "store: redis through Sentinel");
+            Arc::new(store)
+        }
+        (None, None) => Arc::new(memory::MemoryStore::new(config.store_budget)),
+    };
+    let health = Arc::new(StoreHealth::new(inner.kind(), metrics));
+    let store = Arc::new(metered::Metered::new(inner, health.clone()));
+    Ok((store, health))
 }

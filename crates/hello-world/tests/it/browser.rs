@@ -18,7 +18,7 @@ use http::{Method, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, free_port, spawn_app};
+use crate::helpers::{TestApp, free_port, spawn_app, spawn_app_with};
 
 /// How long the browser gets for anything the page should do within a second or two; generous
 /// because two cores are shared with a parallel test run.
@@ -28,7 +28,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 async fn a_browser_sees_the_greeting_the_replica_and_a_panel_that_keeps_counting() {
     let app = spawn_app().await;
     let url = app.public_url();
-    let info = app.get("/api/info").await.json();
+    let info = app.request(Method::GET, "/api/info").await.json();
     let instance = info["instance"]
         .as_str()
         .expect("/api/info names its instance");
@@ -156,6 +156,147 @@ async fn a_replica_that_stops_answering_stops_growing_and_is_marked_silent() {
     browser.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_panel_groups_replicas_by_machine_and_shows_a_lost_machine_go_silent() {
+    let on = |instance: &str, node: &str| {
+        let (instance, node) = (instance.to_owned(), node.to_owned());
+        move |c: &mut hello_world::config::Config| {
+            c.instance_name = instance;
+            c.downward.node = Some(node);
+        }
+    };
+    let one = spawn_app_with(on("web.1", "machine-1")).await;
+    let two = spawn_app_with(on("web.2", "machine-2")).await;
+    let three = spawn_app_with(on("web.3", "machine-3")).await;
+    let balancer = RoundRobin::start(vec![one.public, two.public, three.public]).await;
+    let browser = Browser::launch().await;
+    browser
+        .client
+        .goto(&format!("http://{}/", balancer.addr))
+        .await
+        .expect("the page loads");
+
+    let groups = eventually("a group per machine", || async {
+        Some(browser.machine_groups().await).filter(|groups| groups.len() == 3)
+    })
+    .await;
+    assert_eq!(
+        groups
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "machine machine-1",
+            "machine machine-2",
+            "machine machine-3"
+        ]
+    );
+    for (machine, replicas) in &groups {
+        assert_eq!(
+            replicas.len(),
+            1,
+            "{machine} holds its one replica: {replicas:?}"
+        );
+    }
+    assert!(browser.text("#stats").await.contains("on 3 machines"));
+
+    // machine-3 is lost: its replica stops, and a replacement starts on machine-1, as Swarm
+    // would reschedule it.
+    three.shutdown().await.expect("the server stops");
+    let replacement = spawn_app_with(on("web.3b", "machine-1")).await;
+    balancer.set(vec![one.public, two.public, replacement.public]);
+    let state = eventually("machine-3 to be marked silent", || async {
+        let head = browser
+            .text("#replicas .machine:last-child .machine-head")
+            .await;
+        head.contains("no answer for").then_some(head)
+    })
+    .await;
+    assert!(state.starts_with("machine machine-3"), "{state}");
+    let groups = eventually("the replacement under machine-1", || async {
+        let groups = browser.machine_groups().await;
+        (groups.first()?.1.len() == 2).then_some(groups)
+    })
+    .await;
+    assert!(
+        groups[0].1.iter().any(|r| r.contains("web.3b")),
+        "{groups:?}"
+    );
+    let silent = browser
+        .script_value(
+            "return [...document.querySelectorAll('#replicas .machine')].map(m => m.className)",
+        )
+        .await;
+    assert_eq!(
+        silent,
+        json!(["machine", "machine", "machine silent"]),
+        "only the lost machine is dimmed"
+    );
+    browser.assert_no_console_errors().await;
+    browser.close().await;
+}
+
+/// A layer-7 balancer for the page's requests: each request goes to the next backend in turn
+/// (the browser keeps one connection, so a per-connection balancer would show one replica),
+/// and to the one after when a backend refuses, as the stack's HAProxy retries.
+struct RoundRobin {
+    addr: SocketAddr,
+    backends: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+}
+
+impl RoundRobin {
+    async fn start(backends: Vec<SocketAddr>) -> RoundRobin {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let backends = Arc::new(Mutex::new(backends));
+        let turn = Arc::new(AtomicUsize::new(0));
+        let client: hyper_util::client::legacy::Client<_, axum::body::Body> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(HttpConnector::new());
+        let shared = backends.clone();
+        let forward = move |request: axum::extract::Request| {
+            let (backends, turn, client) = (shared.clone(), turn.clone(), client.clone());
+            async move {
+                let (parts, body) = request.into_parts();
+                // GETs only (the page's polls): the body is empty, so a retry resends nothing.
+                drop(body);
+                let pool = backends.lock().expect("backends").clone();
+                for _ in 0..pool.len() {
+                    let backend = pool[turn.fetch_add(1, Ordering::Relaxed) % pool.len()];
+                    let mut forwarded = http::Request::builder()
+                        .method(parts.method.clone())
+                        .uri(format!(
+                            "http://{backend}{}",
+                            parts.uri.path_and_query().map_or("/", |p| p.as_str())
+                        ))
+                        .body(axum::body::Body::empty())
+                        .expect("a valid request");
+                    *forwarded.headers_mut() = parts.headers.clone();
+                    if let Ok(answer) = client.request(forwarded).await {
+                        return answer.map(axum::body::Body::new);
+                    }
+                }
+                http::Response::builder()
+                    .status(StatusCode::BAD_GATEWAY)
+                    .body(axum::body::Body::empty())
+                    .expect("a valid response")
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the balancer");
+        let addr = listener.local_addr().expect("its address");
+        let app = axum::Router::new().fallback(forward);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        RoundRobin { addr, backends }
+    }
+
+    fn set(&self, backends: Vec<SocketAddr>) {
+        *self.backends.lock().expect("backends") = backends;
+    }
+}
+
 /// The number before " failed" in the panel's status line (0 when nothing failed).
 fn failures(stats: &str) -> u64 {
     stats
@@ -237,7 +378,9 @@ async fn a_failed_increment_is_retried_and_counted_once() {
         .await;
     // Every public request fails with 500 until the faults are switched off again.
     let faults = app
-        .admin(Method::PUT, "/faults", r#"{"error_rate": 1.0}"#)
+        .request(Method::PUT, "/faults")
+        .admin()
+        .body(r#"{"error_rate": 1.0}"#)
         .await;
     assert_eq!(faults.status, StatusCode::OK, "{}", faults.text());
     browser
@@ -253,7 +396,7 @@ async fn a_failed_increment_is_retried_and_counted_once() {
             .filter(|message| message.contains("retrying with the same key"))
     })
     .await;
-    let cleared = app.admin(Method::DELETE, "/faults", "").await;
+    let cleared = app.request(Method::DELETE, "/faults").admin().await;
     assert_eq!(cleared.status, StatusCode::OK, "{}", cleared.text());
 
     eventually("a retry to be counted", || async {
@@ -419,6 +562,19 @@ impl Browser {
         total
     }
 
+    /// The panel's machine groups, in page order: each heading's machine name and the text
+    /// of each replica row in it.
+    async fn machine_groups(&self) -> Vec<(String, Vec<String>)> {
+        let groups = self
+            .script_value(
+                "return [...document.querySelectorAll('#replicas .machine')].map(m => \
+                 [m.querySelector('.machine-name').textContent, \
+                  [...m.querySelectorAll('li')].map(li => li.textContent)])",
+            )
+            .await;
+        serde_json::from_value(groups).expect("names and rows")
+    }
+
     /// Fails with every error-level browser log entry since the session started.
     async fn assert_no_console_errors(&self) {
         let log = self
@@ -501,7 +657,7 @@ fn is_executable(path: &Path) -> bool {
 
 /// The shared counter as the server reports it.
 async fn counter(app: &TestApp) -> i64 {
-    let answer = app.get("/api/counter").await;
+    let answer = app.request(Method::GET, "/api/counter").await;
     assert_eq!(
         answer.status,
         StatusCode::OK,

@@ -499,6 +499,8 @@ async fn the_json_object_has_every_documented_key_with_its_type() {
         "replicas",
         "versions",
         "replica_versions",
+        "machines",
+        "replica_machines",
     ] {
         assert!(object[key].is_object(), "{key} is a map: {json}");
     }
@@ -594,6 +596,40 @@ async fn two_service_replicas_behind_a_balancer_each_serve_half_and_announce_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_two_machines_are_counted_per_machine_in_json_and_text() {
+    let on = |instance: &str, node: &str| {
+        let (instance, node) = (instance.to_owned(), node.to_owned());
+        move |c: &mut hello_world::config::Config| {
+            c.instance_name = instance;
+            c.downward.node = Some(node);
+        }
+    };
+    let a = spawn_app_with(on("web.1", "machine-1")).await;
+    let b = spawn_app_with(on("web.2", "machine-2")).await;
+    let c = spawn_app_with(on("web.3", "machine-2")).await;
+    let lb = spawn_balancer(vec![a.public, b.public, c.public]).await;
+    let (exit, json) =
+        check_json(&[&url(lb, "/"), "-n", "90", "-c", "3", "--new-connection"]).await;
+    assert_eq!(exit, 0, "{json}");
+    assert_eq!(count(&json, "machines", "machine-1"), 30, "{json}");
+    assert_eq!(count(&json, "machines", "machine-2"), 60, "{json}");
+    assert_eq!(json["replica_machines"]["web.3"], "machine-2");
+    assert_eq!(count(&json, "replicas", "web.3"), 30);
+
+    let outcome = check(&[&url(lb, "/"), "-n", "30", "-c", "3", "--new-connection"]).await;
+    let report = outcome.stdout;
+    assert!(report.contains("machines   2 answered"), "{report}");
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("machine-2"))
+        .unwrap_or_else(|| panic!("a line for machine-2: {report}"));
+    assert!(
+        line.contains("66.7 %") && line.contains("web.2, web.3"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_status_route_is_counted_as_failures() {
     let app = spawn_app().await;
     let (exit, json) = check_json(&[
@@ -682,7 +718,19 @@ async fn an_interrupted_run_stops_early_and_still_reports() {
     let run = tokio::spawn(execute_until(cli.check, async {
         let _ = interrupted.await;
     }));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Interrupted once the server has answered some of its requests.
+    let answered = r#"http_requests_total{method="GET",route="/",status="200"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !app
+        .request(http::Method::GET, "/metrics")
+        .admin()
+        .await
+        .text()
+        .contains(answered)
+    {
+        assert!(std::time::Instant::now() < deadline, "no request answered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     interrupt.send(()).expect("the run is waiting");
     let outcome = tokio::time::timeout(Duration::from_secs(30), run)
         .await
@@ -751,7 +799,7 @@ async fn retried_increments_with_idempotency_keys_count_exactly_once() {
     assert_eq!(json["ok"], 20);
     // Every first attempt took effect and lost its answer; its retry carried the same key.
     assert_eq!(json["retries"], 20, "{json}");
-    let counter = app.get("/api/counter").await.json();
+    let counter = app.request(http::Method::GET, "/api/counter").await.json();
     assert_eq!(
         counter["value"], 20,
         "each increment counted once: {counter}"

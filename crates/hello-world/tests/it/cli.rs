@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Process, free_port};
+use crate::helpers::{Ask, Process, free_port};
 
 fn hello_world() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hello-world"))
@@ -15,7 +15,7 @@ type BadConfig<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
 #[test]
 fn bad_values_exit_64_naming_the_flag_and_the_variable() {
-    let cases: [BadConfig; 5] = [
+    let cases: [BadConfig; 10] = [
         (
             &["--drain-delay", "soon"],
             &[],
@@ -33,6 +33,29 @@ fn bad_values_exit_64_naming_the_flag_and_the_variable() {
             &[],
             "--log-format / HELLO_LOG_FORMAT",
         ),
+        // The machine's name is sent as a header; a newline cannot be.
+        (&[], &[("NODE_NAME", "node\n2")], "--node-name / NODE_NAME"),
+        (
+            &["--redis-sentinel", "sentinel-1:26379,sentinel-2"],
+            &[],
+            "--redis-sentinel / HELLO_REDIS_SENTINEL",
+        ),
+        (
+            &["--redis-url", "redis://r:6379"],
+            &[("HELLO_REDIS_SENTINEL", "s:26379")],
+            "--redis-sentinel / HELLO_REDIS_SENTINEL",
+        ),
+        (
+            &["--redis-sentinel", "s:26379", "--redis-master-name", " "],
+            &[],
+            "--redis-master-name / HELLO_REDIS_MASTER_NAME",
+        ),
+        // The wait for replicas must end before the store timeout ends the whole write.
+        (
+            &["--redis-sentinel", "s:26379", "--redis-wait-timeout", "1s"],
+            &[],
+            "--redis-wait-timeout / HELLO_REDIS_WAIT_TIMEOUT",
+        ),
     ];
     for (args, env, named) in cases {
         let output = hello_world()
@@ -48,6 +71,56 @@ fn bad_values_exit_64_naming_the_flag_and_the_variable() {
         );
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     }
+}
+
+#[test]
+fn a_token_file_that_cannot_serve_exits_64_saying_why() {
+    let dir = std::env::temp_dir().join(format!("hello-world-token-cases-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("make a directory for the cases");
+    let write = |name: &str, contents: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).expect("write a case");
+        path.display().to_string()
+    };
+    let cases = [
+        (dir.join("absent").display().to_string(), "cannot open"),
+        // A directory opens but cannot be read: the unreadable file root can still open.
+        (dir.display().to_string(), "cannot read"),
+        (write("empty", b""), "is empty"),
+        (write("blank", b"\n \n"), "is empty"),
+        (
+            write("short", b"0123456789abcdef0123456789abcde\n"),
+            "31 bytes; at least 32",
+        ),
+        (
+            write("spaced", "token with spaces in it, 32+ long".as_bytes()),
+            "visible ASCII",
+        ),
+        (write("huge", &[b'x'; 5000]), "more than 4096 bytes"),
+    ];
+    for (path, problem) in &cases {
+        for by_env in [false, true] {
+            let mut command = hello_world();
+            if by_env {
+                command.env("HELLO_ADMIN_TOKEN_FILE", path);
+            } else {
+                command.args(["--admin-token-file", path]);
+            }
+            let output = command.output().expect("run");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(64), "{path}: {stderr}");
+            assert!(
+                stderr.contains("--admin-token-file / HELLO_ADMIN_TOKEN_FILE"),
+                "{stderr}"
+            );
+            assert!(
+                stderr.contains(problem),
+                "{path} should say {problem}: {stderr}"
+            );
+            assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).expect("remove the cases");
 }
 
 #[test]
@@ -69,6 +142,7 @@ fn help_documents_every_setting() {
         "HELLO_LOG_FORMAT",
         "HELLO_REDIS_URL",
         "HELLO_ACCESS_LOG",
+        "HELLO_ADMIN_TOKEN_FILE",
     ] {
         assert!(help.contains(env), "{env} missing from --help");
     }
@@ -131,12 +205,10 @@ fn healthcheck_fails_within_its_timeout_when_the_server_hangs() {
 fn json_logs_carry_method_route_status_latency_and_request_id() {
     let mut process = Process::serve(&[], &[]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(crate::helpers::send(
-        http::Method::GET,
-        &process.url("/status/418"),
-        &[("x-request-id", "log-me")],
-        bytes::Bytes::new(),
-    ));
+    runtime.block_on(
+        Ask::new(http::Method::GET, &process.url("/status/418"))
+            .headers(&[("x-request-id", "log-me")]),
+    );
     process.signal("KILL");
     let (_, logs) = process.wait_exit(Duration::from_secs(5));
     let line = logs
@@ -155,12 +227,9 @@ fn access_log_off_still_logs_server_errors() {
     let mut process = Process::serve(&["--access-log", "false"], &[]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     for (path, id) in [("/status/200", "quiet"), ("/status/503", "loud")] {
-        runtime.block_on(crate::helpers::send(
-            http::Method::GET,
-            &process.url(path),
-            &[("x-request-id", id)],
-            bytes::Bytes::new(),
-        ));
+        runtime.block_on(
+            Ask::new(http::Method::GET, &process.url(path)).headers(&[("x-request-id", id)]),
+        );
     }
     process.signal("KILL");
     let (_, logs) = process.wait_exit(Duration::from_secs(5));
@@ -168,13 +237,28 @@ fn access_log_off_still_logs_server_errors() {
     assert!(logs.contains("loud"), "{logs}");
 }
 
-/// The allocator reserves address space 64 MiB at a time (`allocator.rs`), set as the binary
-/// loads: mimalloc's default makes a 1 GiB arena, whose bitmaps alone are 150 KiB of idle RSS.
+/// The allocator's settings as the image sets them (`ENV MIMALLOC_*` in deploy/Dockerfile)
+/// take effect: no arena reserves mimalloc's default gigabyte, whose bitmaps alone are 150 KiB
+/// of idle RSS, and transparent huge pages are off for the process.
 #[test]
-fn the_allocator_reserves_no_gigabyte_arena() {
-    let mut process = Process::serve(&[], &[]);
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", process.child.id()))
-        .expect("read the server's memory map");
+fn the_images_allocator_settings_take_effect() {
+    let settings = crate::helpers::image_allocator_settings();
+    assert!(
+        settings
+            .iter()
+            .any(|(name, _)| name == "MIMALLOC_ARENA_RESERVE"),
+        "the image sets no arena reservation: {settings:?}"
+    );
+    let env: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let mut process = Process::serve(&[], &env);
+    let pid = process.child.id();
+    let maps =
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read the server's memory map");
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read the server's status");
     process.signal("KILL");
     let _ = process.wait_exit(Duration::from_secs(5));
     let largest = maps
@@ -192,4 +276,9 @@ fn the_allocator_reserves_no_gigabyte_arena() {
         "a {} MiB mapping: mimalloc reserved its default arena\n{maps}",
         largest >> 20
     );
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "transparent huge pages stay on:\n{status}");
 }

@@ -264,6 +264,20 @@ async fn http_1_1_without_host_gets_400_json() {
 }
 
 #[tokio::test]
+async fn two_host_headers_get_400_json_whatever_the_version() {
+    let app = spawn_app().await;
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.0\r\nHost: a.example\r\nHost: a.example\r\n\r\n",
+    ] {
+        let response = exchange(app.public, request, Duration::from_secs(5)).await;
+        assert_eq!(status_of(&response), Some(400), "{response}");
+        assert!(response.contains("at most one Host header"), "{response}");
+        assert!(response.contains("application/json"), "{response}");
+    }
+}
+
+#[tokio::test]
 async fn connections_over_the_limit_are_closed_at_once() {
     let app = spawn_app_with(|config| config.max_connections = 2).await;
     wait_for_open_connections(&app, 0).await;
@@ -272,7 +286,8 @@ async fn connections_over_the_limit_are_closed_at_once() {
     // Wait (bounded) until the server holds exactly these two, then send the third.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !app
-        .admin(http::Method::GET, "/metrics", "")
+        .request(http::Method::GET, "/metrics")
+        .admin()
         .await
         .text()
         .contains("http_connections_open 2")
@@ -292,7 +307,11 @@ async fn connections_over_the_limit_are_closed_at_once() {
         response.is_empty(),
         "the third connection was served: {response}"
     );
-    let metrics = app.admin(http::Method::GET, "/metrics", "").await.text();
+    let metrics = app
+        .request(http::Method::GET, "/metrics")
+        .admin()
+        .await
+        .text();
     assert!(
         metrics.contains("http_connections_rejected_total 1"),
         "{metrics}"
@@ -320,7 +339,8 @@ async fn wait_for_open_connections(app: &crate::helpers::TestApp, count: u32) {
     let expected = format!("http_connections_open {count}\n");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !app
-        .admin(http::Method::GET, "/metrics", "")
+        .request(http::Method::GET, "/metrics")
+        .admin()
         .await
         .text()
         .contains(&expected)
@@ -334,14 +354,36 @@ async fn wait_for_open_connections(app: &crate::helpers::TestApp, count: u32) {
 }
 
 /// Random bytes, random request lines, random header soup: the server must answer or close,
-/// never panic, and keep serving. (nextest runs each test in its own process, so the panic hook
-/// sees only this test's server.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_never_makes_the_server_panic() {
+/// never panic, and keep serving. The server runs on worker threads of its own name, so the
+/// panic hook counts only its panics and hands every panic on to the hook it replaced: other
+/// tests' panics, when `cargo test` runs them beside this one in one process, are still
+/// reported as theirs.
+#[test]
+fn garbage_never_makes_the_server_panic() {
+    const SERVER_THREADS: &str = "garbage-server";
     static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    std::panic::set_hook(Box::new(|_| {
-        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some(SERVER_THREADS) {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        previous(info);
     }));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(SERVER_THREADS)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(send_garbage());
+    assert_eq!(
+        PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the server panicked"
+    );
+}
+
+async fn send_garbage() {
     let app = spawn_app().await;
     let mut rng = fastrand::Rng::with_seed(0x5eed);
     let methods = [
@@ -394,9 +436,82 @@ async fn garbage_never_makes_the_server_panic() {
         "only {answered} of 300 garbage requests got an HTTP answer"
     );
     assert_eq!(
-        PANICS.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "the server panicked"
+        app.request(http::Method::GET, "/").await.text(),
+        "Hello World!"
     );
-    assert_eq!(app.get("/").await.text(), "Hello World!");
+}
+
+/// Polls the admin port's metrics (bounded) until `line` is among them.
+async fn wait_for_metric(app: &crate::helpers::TestApp, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = app
+            .request(http::Method::GET, "/metrics")
+            .admin()
+            .await
+            .text();
+        if metrics.lines().any(|seen| seen == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{line}` in:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn bodies_in_flight_wait_for_the_body_budget_and_go_on_when_it_frees() {
+    // The whole budget is one body's worth: a client holding a 1 MiB upload half sent has it.
+    let app = spawn_app_with(|config| config.body_budget = config.body_limit).await;
+    let mut holder = TcpStream::connect(app.public).await.expect("connect");
+    let length = 1 << 20;
+    holder
+        .write_all(
+            format!("PUT /api/kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write the head");
+    holder
+        .write_all(&vec![b'a'; length / 2])
+        .await
+        .expect("write half the body");
+
+    // Another upload, however small, waits; what has no body does not.
+    let small = tokio::spawn(exchange(
+        app.public,
+        b"PUT /api/kv/small HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nv",
+        Duration::from_secs(10),
+    ));
+    wait_for_metric(&app, "http_request_bodies_waiting 1").await;
+    assert_eq!(app.request(http::Method::GET, "/").await.status, 200);
+    assert!(
+        !small.is_finished(),
+        "the small upload went ahead of the budget"
+    );
+
+    // The held upload finishes: both are stored.
+    holder
+        .write_all(&vec![b'a'; length - length / 2])
+        .await
+        .expect("write the rest");
+    let held = read_until_status(&mut holder).await;
+    assert_eq!(status_of(&held), Some(201), "{held}");
+    let small = small.await.expect("the small upload's task");
+    assert_eq!(status_of(&small), Some(201), "{small}");
+    wait_for_metric(&app, "http_request_bodies_waiting 0").await;
+}
+
+/// Reads until a whole response head has arrived (bounded).
+async fn read_until_status(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !received.windows(4).any(|window| window == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buffer[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
 }

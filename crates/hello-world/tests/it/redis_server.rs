@@ -36,6 +36,12 @@ pub(crate) struct RedisServer {
     dir: PathBuf,
     password: Option<String>,
     persistence: Persistence,
+    /// `--maxmemory` (with `noeviction`), as the deployments run Redis; none: unbounded.
+    maxmemory: Option<String>,
+    /// More arguments to `redis-server` (`--replicaof`, `--min-replicas-to-write`...).
+    extra: Vec<String>,
+    /// Runs as a Sentinel (`--sentinel`) with this configuration file.
+    sentinel_config: Option<String>,
 }
 
 fn binary() -> PathBuf {
@@ -67,6 +73,48 @@ impl RedisServer {
 
     /// A Redis that requires `password` (when given) and keeps data as `persistence` says.
     pub(crate) fn start_with(password: Option<&str>, persistence: Persistence) -> Self {
+        Self::start_configured(password, persistence, None)
+    }
+
+    /// A Redis that holds at most `maxmemory` (`8mb`) and refuses writes past it, never evicting,
+    /// as the deployments run it.
+    pub(crate) fn start_with_maxmemory(maxmemory: &str) -> Self {
+        Self::start_configured(None, Persistence::None, Some(maxmemory))
+    }
+
+    /// A Redis started with these more arguments: `["--replicaof", "127.0.0.1 6379"]`.
+    pub(crate) fn start_with_args(args: &[&str]) -> Self {
+        Self::start_full(None, Persistence::None, None, args, None)
+    }
+
+    /// A Sentinel (`redis-server --sentinel`, as Debian's `redis-sentinel` runs it) that
+    /// monitors the primary at `127.0.0.1:primary_port` as `master_name`, with `quorum`, and
+    /// notices a dead primary after one second.
+    pub(crate) fn start_sentinel(master_name: &str, primary_port: u16, quorum: u32) -> Self {
+        let config = format!(
+            "sentinel monitor {master_name} 127.0.0.1 {primary_port} {quorum}\n\
+             sentinel down-after-milliseconds {master_name} 1000\n\
+             sentinel failover-timeout {master_name} 5000\n\
+             sentinel parallel-syncs {master_name} 1\n"
+        );
+        Self::start_full(None, Persistence::None, None, &[], Some(config))
+    }
+
+    fn start_configured(
+        password: Option<&str>,
+        persistence: Persistence,
+        maxmemory: Option<&str>,
+    ) -> Self {
+        Self::start_full(password, persistence, maxmemory, &[], None)
+    }
+
+    fn start_full(
+        password: Option<&str>,
+        persistence: Persistence,
+        maxmemory: Option<&str>,
+        extra: &[&str],
+        sentinel_config: Option<String>,
+    ) -> Self {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let dir =
             std::env::temp_dir().join(format!("hello-world-redis-{}-{id}", std::process::id()));
@@ -77,6 +125,9 @@ impl RedisServer {
             dir,
             password: password.map(str::to_owned),
             persistence,
+            maxmemory: maxmemory.map(str::to_owned),
+            extra: extra.iter().map(|arg| (*arg).to_owned()).collect(),
+            sentinel_config,
         };
         // A port can be taken between probing and binding: try a few.
         for _ in 0..5 {
@@ -157,6 +208,15 @@ impl RedisServer {
     /// Starts the child and waits until it answers PING; false if it exited (port taken).
     fn spawn(&mut self) -> bool {
         let mut command = Command::new(binary());
+        if let Some(config) = &self.sentinel_config {
+            // A Sentinel rewrites its configuration file as it learns: a fresh one per start
+            // would forget the failovers it saw, so it is written once.
+            let path = self.dir.join("sentinel.conf");
+            if !path.exists() {
+                std::fs::write(&path, config).expect("writing the Sentinel configuration");
+            }
+            command.arg(&path).arg("--sentinel");
+        }
         command
             .arg("--port")
             .arg(self.port.to_string())
@@ -166,6 +226,7 @@ impl RedisServer {
             .arg("--logfile")
             .arg(self.dir.join("redis.log"));
         match self.persistence {
+            _ if self.sentinel_config.is_some() => &mut command,
             Persistence::None => command.args(["--appendonly", "no"]),
             Persistence::AppendOnlyAlways => {
                 command.args(["--appendonly", "yes", "--appendfsync", "always"])
@@ -174,6 +235,13 @@ impl RedisServer {
         if let Some(password) = &self.password {
             command.arg("--requirepass").arg(password);
         }
+        if let Some(maxmemory) = &self.maxmemory {
+            command
+                .arg("--maxmemory")
+                .arg(maxmemory)
+                .args(["--maxmemory-policy", "noeviction"]);
+        }
+        command.args(&self.extra);
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())

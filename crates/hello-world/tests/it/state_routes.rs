@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{Answer, TestApp, send, spawn_app_with};
+use crate::helpers::{Answer, Ask, TestApp, spawn_app_with};
 use crate::redis_server::RedisServer;
 
 /// A server under test and, for Redis, the Redis it uses.
@@ -44,7 +44,10 @@ impl Stack {
         body: &str,
     ) -> Answer {
         let url = format!("{}{path}", self.app.public_url());
-        send(method, &url, headers, Bytes::from(body.to_owned())).await
+        Ask::new(method, &url)
+            .headers(headers)
+            .body(Bytes::from(body.to_owned()))
+            .await
     }
 }
 
@@ -77,7 +80,7 @@ on_both_stores!(
     conditional_writes_answer_412_with_the_current_etag,
     etag_lists_and_if_none_match_on_read,
     malformed_keys_and_conditions_are_refused,
-    the_store_kind_is_shown_by_info,
+    the_store_and_its_status_are_shown_by_info_and_readyz,
 );
 
 async fn the_counter_starts_at_zero_and_counts_each_increment(stack: Stack) {
@@ -272,6 +275,11 @@ async fn etag_lists_and_if_none_match_on_read(stack: Stack) {
     assert_eq!(fresh.status, StatusCode::NOT_MODIFIED);
     assert_eq!(fresh.header("etag"), v1);
     assert!(fresh.body.is_empty());
+    // RFC 9110 §15.4.5: the 304 says what the 200 says about caching.
+    let full = stack.call(Method::GET, path, &[], "").await;
+    assert_eq!(full.status, StatusCode::OK);
+    assert_eq!(fresh.header("cache-control"), full.header("cache-control"));
+    assert_eq!(fresh.header("cache-control"), "no-cache");
 
     let list = format!("\"999999\", {v1}");
     let updated = stack
@@ -343,14 +351,34 @@ async fn malformed_keys_and_conditions_are_refused(stack: Stack) {
     }
 }
 
-async fn the_store_kind_is_shown_by_info(stack: Stack) {
-    let info = stack.call(Method::GET, "/api/info", &[], "").await.json();
+async fn the_store_and_its_status_are_shown_by_info_and_readyz(stack: Stack) {
     let expected = if stack.redis.is_some() {
         "redis"
     } else {
         "memory"
     };
+    // The first ping may still be on its way: the state is `unchecked` until it ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let readyz = loop {
+        let readyz = stack.call(Method::GET, "/readyz", &[], "").await;
+        assert_eq!(readyz.status, StatusCode::OK);
+        if readyz.json()["store_status"]["state"] == "reachable" {
+            break readyz.json();
+        }
+        assert_eq!(readyz.json()["store_status"]["state"], "unchecked");
+        assert!(std::time::Instant::now() < deadline, "{}", readyz.text());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(readyz["status"], "ready");
+    assert_eq!(readyz["store"], expected);
+    assert!(
+        readyz["store_status"]["for_seconds"].is_number(),
+        "{readyz}"
+    );
+    assert!(readyz["store_status"].get("reason").is_none(), "{readyz}");
+    let info = stack.call(Method::GET, "/api/info", &[], "").await.json();
     assert_eq!(info["store"], expected);
+    assert_eq!(info["store_status"]["state"], "reachable", "{info}");
 }
 
 // Limits, on the embedded store (the limit is checked before the store is called).
@@ -393,6 +421,70 @@ async fn a_one_mebibyte_value_fits_by_default() {
     assert_eq!(over.status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
+/// A full store through the routes, either kind: PUTs are answered 507 JSON, reads and deletes
+/// still work, and a delete makes room for the next PUT.
+async fn a_full_store_answers_507_and_deleting_makes_room(stack: Stack) {
+    let value = "v".repeat(256 << 10);
+    let mut stored = 0;
+    let refused = loop {
+        assert!(stored < 1000, "the store never filled up");
+        let answer = stack
+            .call(Method::PUT, &format!("/api/kv/fill-{stored}"), &[], &value)
+            .await;
+        match answer.status {
+            StatusCode::CREATED => stored += 1,
+            StatusCode::INSUFFICIENT_STORAGE => break answer,
+            other => panic!("PUT answered {other}: {}", answer.text()),
+        }
+    };
+    assert!(stored > 1, "full from the start");
+    assert_eq!(refused.header("content-type"), "application/json");
+    let body = refused.json();
+    assert_eq!(body["error"], "store full");
+    assert_eq!(body["status"], 507);
+    assert!(body["reason"].is_string(), "{body}");
+    let not_stored = format!("/api/kv/fill-{stored}");
+    assert_eq!(
+        stack.call(Method::GET, &not_stored, &[], "").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let read = stack.call(Method::GET, "/api/kv/fill-0", &[], "").await;
+    assert_eq!(
+        (read.status, read.body.len()),
+        (StatusCode::OK, value.len())
+    );
+    // The store answered: it is full, not away.
+    let readyz = stack.call(Method::GET, "/readyz", &[], "").await.json();
+    assert_eq!(readyz["store_status"]["state"], "reachable", "{readyz}");
+    for index in 0..4 {
+        let path = format!("/api/kv/fill-{index}");
+        let deleted = stack.call(Method::DELETE, &path, &[], "").await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{path}");
+    }
+    let again = stack.call(Method::PUT, &not_stored, &[], &value).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
+    let metrics = Ask::new(Method::GET, &format!("{}/metrics", stack.app.admin_url()))
+        .await
+        .text();
+    assert!(
+        metrics.contains("store_full_total{operation=\"put\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_memory_store_answers_507_and_deleting_makes_room() {
+    let stack = Stack::with(None, |config| config.store_budget = 2 << 20).await;
+    a_full_store_answers_507_and_deleting_makes_room(stack).await;
+}
+
+#[tokio::test]
+async fn a_redis_at_its_maxmemory_answers_507_and_deleting_makes_room() {
+    let redis = RedisServer::start_with_maxmemory("8mb");
+    let stack = Stack::with(Some(redis), |_| {}).await;
+    a_full_store_answers_507_and_deleting_makes_room(stack).await;
+}
+
 #[tokio::test]
 async fn store_calls_are_counted_in_metrics() {
     let stack = Stack::memory().await;
@@ -400,14 +492,9 @@ async fn store_calls_are_counted_in_metrics() {
         .call(Method::POST, "/api/counter/increment", &[], "")
         .await;
     stack.call(Method::PUT, "/api/kv/k", &[], "v").await;
-    let metrics = send(
-        Method::GET,
-        &format!("{}/metrics", stack.app.admin_url()),
-        &[],
-        Bytes::new(),
-    )
-    .await
-    .text();
+    let metrics = Ask::new(Method::GET, &format!("{}/metrics", stack.app.admin_url()))
+        .await
+        .text();
     for operation in ["increment", "put"] {
         let line = format!("store_operations_total{{operation=\"{operation}\"}} 1");
         assert!(metrics.contains(&line), "missing {line} in:\n{metrics}");

@@ -26,9 +26,12 @@ struct Backend {
     _server: Option<RedisServer>,
 }
 
+/// Room for everything the contract writes.
+const MEMORY_BUDGET: usize = 64 << 20;
+
 fn memory() -> Backend {
     Backend {
-        store: Arc::new(MemoryStore::new()),
+        store: Arc::new(MemoryStore::new(MEMORY_BUDGET)),
         _server: None,
     }
 }
@@ -516,15 +519,23 @@ async fn a_password_in_the_url_authenticates() {
     let wrong_url = format!("redis://:wrong@127.0.0.1:{}", server.port());
     let wrong = RedisStore::connect(&wrong_url, TIMEOUT).expect("a valid URL");
     match wrong.ping().await {
-        Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => {}
+        Err(err) => assert_eq!(
+            err.unavailable_reason(),
+            Some("authentication failed"),
+            "{err}"
+        ),
         other => panic!("a wrong password must not reach Redis, got {other:?}"),
     }
     let anonymous = RedisStore::connect(&format!("redis://127.0.0.1:{}", server.port()), TIMEOUT)
         .expect("a valid URL");
-    assert!(
-        anonymous.increment("c", None).await.is_err(),
-        "no password, no access"
-    );
+    match anonymous.increment("c", None).await {
+        Err(err) => assert_eq!(
+            err.unavailable_reason(),
+            Some("authentication failed"),
+            "{err}"
+        ),
+        other => panic!("no password, no access; got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -571,7 +582,11 @@ async fn a_redis_that_is_down_at_start_is_found_when_it_comes_up() {
 
     let store = RedisStore::connect(&url, Duration::from_millis(500)).expect("no connection yet");
     match store.ping().await {
-        Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => {}
+        Err(err) => assert_eq!(
+            err.unavailable_reason(),
+            Some("connection refused"),
+            "nothing listens on the port: {err}"
+        ),
         other => panic!("ping with Redis down must fail, got {other:?}"),
     }
     assert!(store.increment("c", None).await.is_err());
@@ -646,16 +661,90 @@ async fn a_frozen_redis_makes_calls_time_out_instead_of_hanging() {
     server.signal("CONT");
     match outcome {
         Ok(Err(StoreError::Timeout(after))) => assert_eq!(after, timeout),
-        Ok(Err(StoreError::Unavailable(cause))) => {
+        Ok(Err(StoreError::Unavailable { reason, detail })) => {
             // The connection's own response timeout may fire first; it is the same bound.
             assert!(
-                cause.to_lowercase().contains("time"),
-                "unexpected cause: {cause}"
+                detail.to_lowercase().contains("time"),
+                "unexpected cause: {reason}: {detail}"
             );
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
     wait_until_ping(&store).await;
+}
+
+/// A full store, either kind: a write that needs room is refused and leaves nothing, reads
+/// still work, and deletes still work and make room for the next write.
+async fn a_full_store_refuses_writes_and_deleting_makes_room(store: &dyn Store) {
+    let value = Bytes::from(vec![b'v'; 256 << 10]);
+    let mut written = Vec::new();
+    let refused = loop {
+        assert!(
+            written.len() < 1000,
+            "1000 writes of 256 KiB: the store never filled up"
+        );
+        let key = format!("fill-{}", written.len());
+        match store.put(&key, value.clone(), Condition::Always).await {
+            Ok(Written { version, .. }) => written.push((key, version)),
+            Err(StoreError::Full) => break key,
+            Err(other) => panic!("a write to a filling store failed otherwise: {other}"),
+        }
+    };
+    assert!(written.len() > 1, "the store was full from the start");
+    assert_eq!(
+        store.get(&refused).await.expect("reads work when full"),
+        None,
+        "the refused write left nothing"
+    );
+    let (first, version) = &written[0];
+    let entry = store
+        .get(first)
+        .await
+        .expect("reads work when full")
+        .expect("a stored value stays");
+    assert_eq!((entry.version, entry.value.len()), (*version, value.len()));
+    let conflict = store.put(first, value.clone(), Condition::IfAbsent).await;
+    assert!(
+        matches!(
+            conflict,
+            Err(StoreError::ConditionFailed { .. } | StoreError::Full)
+        ),
+        "{conflict:?}"
+    );
+    for (key, _) in written.iter().take(4) {
+        assert!(
+            store
+                .delete(key, Condition::Always)
+                .await
+                .expect("deletes work when full"),
+            "{key} was there"
+        );
+    }
+    let again = store
+        .put(&refused, value, Condition::Always)
+        .await
+        .expect("the deleted values made room");
+    assert!(again.created);
+}
+
+#[tokio::test]
+async fn a_full_memory_store_refuses_writes_and_deleting_makes_room() {
+    let store = MemoryStore::new(4 << 20);
+    a_full_store_refuses_writes_and_deleting_makes_room(&store).await;
+}
+
+#[tokio::test]
+async fn a_redis_at_its_maxmemory_refuses_writes_and_deleting_makes_room() {
+    let server = RedisServer::start_with_maxmemory("8mb");
+    let store = RedisStore::connect(&server.url(), TIMEOUT).expect("a valid URL");
+    a_full_store_refuses_writes_and_deleting_makes_room(&store).await;
+    // Redis refused the writes for memory, and evicted nothing to take them.
+    let mut raw = server.connection();
+    let info: String = ::redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut raw)
+        .expect("INFO");
+    assert!(info.contains("evicted_keys:0"), "{info}");
 }
 
 /// Polls `ping` until it succeeds, as the readiness loop does; fails after 15 s.
