@@ -859,11 +859,12 @@ fn start_external_lb(sh: &Shell) -> Result<()> {
     let config = format!("{}:/etc/haproxy/haproxy.cfg:ro", config.display());
     let image = image::HAPROXY_IMAGE;
     let publish = format!("{}:8080", stack::LB_ADDR);
+    let access_log = format!("ACCESS_LOG={}", stack::access_log()?);
     ensure_container(sh, EXTERNAL_LB, || {
         cmd!(
             sh,
             "docker run --detach --name {EXTERNAL_LB} --hostname {EXTERNAL_LB} --label {LABEL}
-                --network {NETWORK} --ip 192.168.213.6 --publish {publish}
+                --network {NETWORK} --ip 192.168.213.6 --publish {publish} --env {access_log}
                 --volume {config} --read-only --cap-drop ALL --memory 128m
                 --stop-signal SIGUSR1
                 {image}"

@@ -63,6 +63,11 @@ const PROOFS: &[Proof<Ctx>] = &[
         run: proofs::admin_token,
     },
     Proof {
+        name: "access-logs",
+        claim: "one switch for the stack's access logs: by default errors and slow requests are logged by the replicas and the balancer, fast 200s by neither",
+        run: proofs::access_logs,
+    },
+    Proof {
         name: "replica-killed",
         claim: "reliable when a machine fails: SIGKILL a replica under load, no failed request, 3/3 back",
         run: proofs::replica_killed,

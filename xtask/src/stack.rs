@@ -319,7 +319,9 @@ pub(crate) fn deploy(sh: &Shell, engine: Engine, images: &Images) -> Result<()> 
     let token_digest = file_digest(sh, &token)?;
     let token_file = engine.admin_token_file(&token);
     label_slots(sh, engine)?;
+    let access_log = access_log()?;
     let mut env = vec![
+        ("ACCESS_LOG", access_log),
         ("HAPROXY_CFG_DIGEST", config_digest.as_str()),
         ("REDIS_START_DIGEST", start_digest.as_str()),
         ("ADMIN_TOKEN_DIGEST", token_digest.as_str()),
@@ -336,6 +338,20 @@ pub(crate) fn deploy(sh: &Shell, engine: Engine, images: &Images) -> Result<()> 
         .run()
         .with_context(|| format!("docker stack deploy on {engine}"))?;
     Ok(())
+}
+
+/// The stacks' one switch for access logs, the replicas' and the balancers' alike: `ACCESS_LOG`
+/// where the stack is deployed, `all` (every request) or `errors` (4xx, 5xx and slow requests:
+/// the default, and what an unset or empty variable means).
+pub(crate) fn access_log() -> Result<&'static str> {
+    let given = std::env::var("ACCESS_LOG").unwrap_or_default();
+    match given.as_str() {
+        "" | "errors" => Ok("errors"),
+        "all" => Ok("all"),
+        _ => bail!(
+            "ACCESS_LOG={given:?}: the stacks log `all` requests or only `errors` (the default)"
+        ),
+    }
 }
 
 /// Labels the machines with the store's slots: slot N on the Nth machine by hostname, so each
@@ -584,6 +600,7 @@ mod tests {
             .map(|(k, _)| *k)
             .collect();
         set.extend([
+            "ACCESS_LOG",
             "HAPROXY_CFG_DIGEST",
             "REDIS_START_DIGEST",
             "ADMIN_TOKEN_DIGEST",

@@ -47,6 +47,7 @@ use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 use crate::api::AppState;
+use crate::config::AccessLog;
 use crate::error::{ApiError, is_json_or_success, json_errors};
 use crate::metrics::{InFlight, MethodLabel, RouteSeries};
 
@@ -342,7 +343,8 @@ fn finish(shared: &Shared, seen: Seen, mut response: Response) -> Response {
         .record_request(&series, method, status.as_u16(), elapsed);
     drop(in_flight);
     let slow = elapsed >= state.config.slow_request;
-    if state.config.access_log || status.is_server_error() || slow {
+    let error = status.is_client_error() || status.is_server_error();
+    if state.config.access_log == AccessLog::All || error || slow {
         let latency_ms = elapsed.as_micros() as f64 / 1000.0;
         let request_id = response
             .headers()

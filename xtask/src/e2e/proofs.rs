@@ -329,6 +329,104 @@ pub(super) fn replica_killed(ctx: &Ctx) -> Result<Figures> {
     ])
 }
 
+/// The stack's one access log switch (`ACCESS_LOG`, `errors` unless told `all`) holds for the
+/// replicas and the balancer alike: with `errors`, answers of 400 and above and slow ones leave a
+/// line in both logs and a fast 200 leaves none; with `all`, every request leaves one.
+pub(super) fn access_logs(ctx: &Ctx) -> Result<Figures> {
+    let sh = &ctx.sh;
+    let mode = stack::access_log()?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let since = format!("{}", nonce / 1000 - 1);
+    let marker = |kind: &str| format!("alp{nonce}-{kind}");
+    const QUIET: usize = 20;
+    for i in 0..QUIET {
+        let id = marker(&format!("quiet{i}"));
+        let answer = http::request(
+            LB_ADDR,
+            "GET",
+            &format!("/?m={id}"),
+            &[("x-request-id", &id)],
+        )?;
+        ensure!(answer.status == 200, "GET / answered {}", answer.status);
+    }
+    let loud = [
+        ("/status/404", 404, "client-error"),
+        ("/status/503", 503, "server-error"),
+        ("/delay/1200ms", 200, "slow"),
+    ];
+    for (path, status, kind) in loud {
+        let id = marker(kind);
+        let answer = http::request(
+            LB_ADDR,
+            "GET",
+            &format!("{path}?m={id}"),
+            &[("x-request-id", &id)],
+        )?;
+        ensure!(
+            answer.status == status,
+            "GET {path} answered {}, not {status}",
+            answer.status
+        );
+    }
+    let logs = |service: &str| -> Result<String> {
+        let out = cmd!(sh, "docker service logs --raw --since {since} {service}")
+            .quiet()
+            .ignore_stderr()
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let lb = format!("{}_lb", stack::STACK);
+    let (mut web_log, mut lb_log) = (String::new(), String::new());
+    // The engine hands container output on asynchronously: wait for the last loud line.
+    let last = marker("slow");
+    wait_until(
+        Duration::from_secs(20),
+        "both logs to show the slow request",
+        || {
+            web_log = logs(WEB)?;
+            lb_log = logs(&lb)?;
+            Ok(web_log.contains(&last) && lb_log.contains(&last))
+        },
+    )?;
+    let count = |log: &str, kind: &str| log.lines().filter(|l| l.contains(&marker(kind))).count();
+    for (path, _, kind) in loud {
+        ensure!(
+            count(&web_log, kind) == 1,
+            "the replicas logged GET {path} {} times, not once",
+            count(&web_log, kind)
+        );
+        ensure!(
+            count(&lb_log, kind) == 1,
+            "the balancer logged GET {path} {} times, not once",
+            count(&lb_log, kind)
+        );
+    }
+    let quiet_in = |log: &str| {
+        (0..QUIET)
+            .filter(|i| count(log, &format!("quiet{i}")) > 0)
+            .count()
+    };
+    let (web_quiet, lb_quiet) = (quiet_in(&web_log), quiet_in(&lb_log));
+    let expected = if mode == "all" { QUIET } else { 0 };
+    ensure!(
+        web_quiet == expected && lb_quiet == expected,
+        "ACCESS_LOG={mode}: of {QUIET} fast 200s the replicas logged {web_quiet} and the balancer {lb_quiet}, not {expected}"
+    );
+    Ok(vec![
+        fig("switch", format!("ACCESS_LOG={mode}")),
+        fig(
+            "fast 200s logged (replicas, balancer)",
+            format!("{web_quiet}/{QUIET}, {lb_quiet}/{QUIET}"),
+        ),
+        fig(
+            "404, 503 and a 1.2 s answer logged",
+            "once each, by the replicas and by the balancer",
+        ),
+    ])
+}
+
 /// SIGTERM one replica under load: it turns unready, drains, exits 0 and is replaced.
 pub(super) fn graceful_stop(ctx: &Ctx) -> Result<Figures> {
     let sh = &ctx.sh;

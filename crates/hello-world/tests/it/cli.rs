@@ -223,10 +223,17 @@ fn json_logs_carry_method_route_status_latency_and_request_id() {
 }
 
 #[test]
-fn access_log_off_still_logs_server_errors() {
-    let mut process = Process::serve(&["--access-log", "false"], &[]);
+fn the_errors_access_log_keeps_errors_and_slow_requests_only() {
+    let mut process = Process::serve(&["--access-log", "errors", "--slow-request", "50ms"], &[]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    for (path, id) in [("/status/200", "quiet"), ("/status/503", "loud")] {
+    for (path, id) in [
+        ("/status/200", "quiet-ok"),
+        ("/", "quiet-hello"),
+        ("/status/404", "loud-client-error"),
+        ("/no/such/route", "loud-unmatched"),
+        ("/status/503", "loud-server-error"),
+        ("/delay/80ms", "loud-slow"),
+    ] {
         runtime.block_on(
             Ask::new(http::Method::GET, &process.url(path)).headers(&[("x-request-id", id)]),
         );
@@ -234,7 +241,14 @@ fn access_log_off_still_logs_server_errors() {
     process.signal("KILL");
     let (_, logs) = process.wait_exit(Duration::from_secs(5));
     assert!(!logs.contains("quiet"), "{logs}");
-    assert!(logs.contains("loud"), "{logs}");
+    for id in [
+        "loud-client-error",
+        "loud-unmatched",
+        "loud-server-error",
+        "loud-slow",
+    ] {
+        assert!(logs.contains(id), "{id} not logged: {logs}");
+    }
 }
 
 /// The allocator's settings as the image sets them (`ENV MIMALLOC_*` in deploy/Dockerfile)
