@@ -10,7 +10,8 @@
 //! Sections (names for `--only`): `peers` (the main table), `concurrency`, `idle`, `echo`,
 //! `counter`, `replication` (increments confirmed by a replica through Sentinel, next to
 //! unreplicated ones, [`replication`]), `stack`, `h2c` (`GET /` over cleartext HTTP/2 with
-//! h2load, ours vs nginx, [`h2c`]), `profile` (perf profiles of ours and nginx, and
+//! h2load, ours vs nginx, [`h2c`]), `newconn` (`GET /` with `Connection: close`, a new
+//! connection per request, ours vs nginx, [`newconn`]), `profile` (perf profiles of ours and nginx, and
 //! callgrind's instructions per request, [`instructions`]; not with `--quick`). Server names
 //! (`ours-glibc`, `ours-musl`, `nginx`, `axum-bare`, `go`, `gunicorn`, `flask-dev`) restrict every
 //! section to those servers; only the servers the chosen sections measure are built. A run with
@@ -22,6 +23,7 @@ mod h2c;
 mod idle;
 pub(crate) mod instructions;
 mod load;
+mod newconn;
 mod procfs;
 mod profile;
 mod redis;
@@ -102,7 +104,7 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "peers",
     "concurrency",
     "idle",
@@ -111,6 +113,7 @@ const SECTIONS: [&str; 9] = [
     "replication",
     "stack",
     "h2c",
+    "newconn",
     "profile",
 ];
 
@@ -122,6 +125,7 @@ fn measures(section: &str, server: &str) -> bool {
         "echo" | "counter" | "replication" => server == "ours-glibc",
         "stack" => server == "ours-musl",
         "h2c" => matches!(server, "ours-glibc" | "ours-musl" | "nginx"),
+        "newconn" => newconn::SERVERS.contains(&server),
         "profile" => matches!(server, "ours-glibc" | "ours-musl" | "axum-bare" | "nginx"),
         _ => false,
     }
@@ -224,6 +228,7 @@ pub(crate) struct Results {
     pub(crate) replication: Option<Result<replication::ReplicationResult, String>>,
     pub(crate) stack: Option<Result<stack::StackResult, String>>,
     pub(crate) h2c: Option<h2c::H2cResult>,
+    pub(crate) newconn: Option<newconn::NewConnResult>,
     pub(crate) profile: Option<Vec<(String, Result<profile::Profile, String>)>>,
     /// User-space instructions per `GET /` (callgrind), by server.
     pub(crate) instructions: Option<Vec<(String, Result<instructions::Count, String>)>>,
@@ -350,6 +355,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     if only.section("h2c") {
         results.h2c = Some(h2c::run(&plan, &specs, &logs));
+    }
+    if only.section("newconn") {
+        results.newconn = Some(newconn::run(&plan, &specs, &logs));
     }
     if let (Some(bin), Some(ours)) = (profile_bin.clone(), ours_glibc) {
         let mut spec = ours.clone();

@@ -24,6 +24,8 @@ pub(crate) struct Wrk {
     pub(crate) seconds: u32,
     /// `POST` with a body of this many bytes; `None` means `GET`.
     pub(crate) post_body: Option<usize>,
+    /// `Connection: close` on every request: each one on a new connection.
+    pub(crate) close: bool,
 }
 
 impl Wrk {
@@ -33,6 +35,7 @@ impl Wrk {
             connections,
             seconds,
             post_body: None,
+            close: false,
         }
     }
 
@@ -50,8 +53,11 @@ impl Wrk {
             "--latency".into(),
             "-s".into(),
             script.display().to_string(),
-            self.url.clone(),
         ];
+        if self.close {
+            a.extend(["-H".into(), "Connection: close".into()]);
+        }
+        a.push(self.url.clone());
         if let Some(bytes) = self.post_body {
             a.extend(["--".into(), "POST".into(), bytes.to_string()]);
         }
@@ -62,8 +68,13 @@ impl Wrk {
     pub(crate) fn command_line(&self) -> String {
         let mut line = "taskset".to_owned();
         for a in self.args() {
+            let a = a.replace(&format!("{}/", crate::project_root().display()), "");
             line.push(' ');
-            line.push_str(&a.replace(&format!("{}/", crate::project_root().display()), ""));
+            if a.contains(' ') {
+                line.push_str(&format!("'{a}'"));
+            } else {
+                line.push_str(&a);
+            }
         }
         line
     }

@@ -279,6 +279,7 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, published: bool) -> String {
     targets(w, r, &rows);
     growth(w, r);
     super::h2c::markdown(w, r.h2c.as_ref());
+    super::newconn::markdown(w, r.newconn.as_ref());
 
     let _ = writeln!(w, "\n## Profile under the GET / load\n");
     instruction_table(w, r);
