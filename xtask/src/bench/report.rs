@@ -868,15 +868,14 @@ fn growth(w: &mut String, r: &Results) {
                 w,
                 "![stack](stack.png)\n\nThe stack's containers are not pinned (Swarm services cannot set a cpuset): HAProxy and the \
                  replicas share both cores with wrk, so this measures the balancer's cost on this machine, not a scale-out gain \
-                 (every replica runs on the same 2 cores).\n\n```\n{}\n{}\n```\n\n| path | req/s | p50 ms | p99 ms | errors | req/s ÷ direct |\n|---|---:|---:|---:|---:|---:|",
-                st.direct_line, st.wrk_line
+                 (every replica runs on the same 2 cores). Access logs as the stack ran them: `ACCESS_LOG={}` (the \
+                 default logs errors and slow requests only, README's \"Run it distributed\"). Each replica count is loaded \
+                 twice: through the published port on 127.0.0.1, which the engine relays through its userland proxy \
+                 (`docker-proxy`), and at the balancer's own address on `docker_gwbridge`, where that proxy is not in \
+                 the path.\n\n```\n{}\n{}\n{}\n```\n\n| path | req/s | p50 ms | p99 ms | errors | req/s ÷ direct |\n|---|---:|---:|---:|---:|---:|",
+                st.access_log, st.direct_line, st.wrk_line, st.own_line
             );
-            for (n, o) in &st.runs {
-                let name = if *n == 0 {
-                    "direct (ours-musl on loopback)".to_owned()
-                } else {
-                    format!("HAProxy → {n} replica(s)")
-                };
+            let row = |w: &mut String, name: String, o: &super::load::WrkOut| {
                 let _ = writeln!(
                     w,
                     "| {name} | {} | {} | {} | {} | {} |",
@@ -886,6 +885,24 @@ fn growth(w: &mut String, r: &Results) {
                     o.errors,
                     num(direct.map_or(f64::NAN, |d| ratio(o.rps(), d)), 2)
                 );
+            };
+            for (n, o) in &st.runs {
+                if *n == 0 {
+                    row(w, "direct (ours-musl on loopback)".to_owned(), o);
+                    continue;
+                }
+                row(
+                    w,
+                    format!("HAProxy → {n} replica(s), via 127.0.0.1:8080"),
+                    o,
+                );
+                if let Some((_, own)) = st.own_address.iter().find(|(m, _)| m == n) {
+                    row(
+                        w,
+                        format!("HAProxy → {n} replica(s), at its own address"),
+                        own,
+                    );
+                }
             }
         }
     }

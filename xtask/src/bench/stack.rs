@@ -29,10 +29,16 @@ const REPLICAS: [u32; 3] = [1, 3, 5];
 
 #[derive(Debug, Clone)]
 pub(crate) struct StackResult {
-    /// (replicas, wrk figures); replicas 0 = direct, no load balancer.
+    /// (replicas, wrk figures) through the published port; replicas 0 = direct, no load balancer.
     pub(crate) runs: Vec<(u32, WrkOut)>,
+    /// (replicas, wrk figures) at the balancer's own address, which leaves the engine's userland
+    /// proxy for the published loopback port out of the path.
+    pub(crate) own_address: Vec<(u32, WrkOut)>,
     pub(crate) wrk_line: String,
+    pub(crate) own_line: String,
     pub(crate) direct_line: String,
+    /// The stack's access log switch during the run (`ACCESS_LOG`).
+    pub(crate) access_log: &'static str,
 }
 
 /// Why the section cannot run on this tree, if it cannot.
@@ -74,7 +80,9 @@ fn measure(plan: &Plan, direct: &Spec, logs: &std::path::Path) -> Result<StackRe
     cargo_xtask(&["stack", "up"], Duration::from_secs(600)).context("cargo xtask stack up")?;
     let url = format!("http://127.0.0.1:{LB_PORT}/");
     let mut runs = Vec::new();
+    let mut own_address = Vec::new();
     let mut wrk_line = String::new();
+    let mut own_line = String::new();
     for n in REPLICAS {
         eprintln!("bench: stack with {n} replica(s)");
         docker(&[
@@ -110,6 +118,13 @@ fn measure(plan: &Plan, direct: &Spec, logs: &std::path::Path) -> Result<StackRe
             ..w.clone()
         });
         runs.push((n, load::run(&w)?));
+        let own = load::Wrk::get(
+            format!("http://{}:{LB_PORT}/", balancer_address()?),
+            plan.connections,
+            plan.curve_s,
+        );
+        own_line = own.command_line();
+        own_address.push((n, load::run(&own)?));
     }
     // Direct: the image's own binary on loopback, same wrk line, no balancer in the path.
     let (_, server) = servers::start_timed(direct, &logs.join("ours-direct.log"))?;
@@ -123,9 +138,43 @@ fn measure(plan: &Plan, direct: &Spec, logs: &std::path::Path) -> Result<StackRe
     runs.insert(0, (0, direct_run?));
     Ok(StackResult {
         runs,
+        own_address,
         wrk_line,
+        own_line,
         direct_line: format!("{}   with `{}`", w.command_line(), direct.command_line()),
+        access_log: crate::stack::access_log()?,
     })
+}
+
+/// The balancer's own address: its task's interface on `docker_gwbridge`, where the engine sends
+/// what arrives on the published port (through its userland proxy, for 127.0.0.1).
+fn balancer_address() -> Result<String> {
+    let task = docker(&[
+        "ps",
+        "--quiet",
+        "--no-trunc",
+        "--filter",
+        "label=com.docker.swarm.service.name=hello-world_lb",
+    ])?;
+    let task = task
+        .lines()
+        .next()
+        .context("no running balancer task")?
+        .trim();
+    let attached = docker(&[
+        "network",
+        "inspect",
+        "docker_gwbridge",
+        "--format",
+        "{{range $id, $c := .Containers}}{{$id}} {{$c.IPv4Address}}{{println}}{{end}}",
+    ])?;
+    attached
+        .lines()
+        .find_map(|line| {
+            let (id, cidr) = line.split_once(' ')?;
+            (id == task).then(|| cidr.split('/').next().unwrap_or(cidr).to_owned())
+        })
+        .with_context(|| format!("the balancer task {task} is not on docker_gwbridge"))
 }
 
 /// Distinct `x-served-by` values over `requests` fresh connections (bounded by a 2 s timeout each).
