@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{Ask, Process, free_port};
+use crate::helpers::{Answer, Ask, Process, free_port};
 use crate::redis_server::RedisServer;
 use crate::shared_state::{
     assert_state_routes_unavailable, assert_the_rest_serves, call, logged, wait_store_status,
@@ -150,32 +150,40 @@ async fn metric(process: &Process, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// One keyed increment, retried with the same key while the store answers 503, within 30 s;
-/// the value it was acknowledged with.
-async fn increment_until_acknowledged(process: &Process, key: &str) -> i64 {
+/// Calls until the answer is not a 503, as a client told `Retry-After` would: a server that
+/// lost its primary answers state routes 503 until it has found the new one. Within 30 s.
+async fn until_answered(
+    process: &Process,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let answer = call(
-            process,
-            Method::POST,
-            "/api/counter/increment",
-            &[("idempotency-key", key)],
-            "",
-        )
-        .await;
-        match answer.status {
-            StatusCode::OK => return answer.json()["value"].as_i64().expect("a number"),
-            StatusCode::SERVICE_UNAVAILABLE => {
-                assert!(
-                    Instant::now() < deadline,
-                    "{key} never acknowledged: {}",
-                    answer.text()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => panic!("{key}: {other} {}", answer.text()),
+        let answer = call(process, method.clone(), path, headers, "").await;
+        if answer.status != StatusCode::SERVICE_UNAVAILABLE {
+            return answer;
         }
+        assert!(
+            Instant::now() < deadline,
+            "{method} {path} still answered 503 after 30 s: {}",
+            answer.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A keyed increment, retried with its key until acknowledged; the value it was given.
+async fn increment_until_acknowledged(process: &Process, key: &str) -> i64 {
+    let answer = until_answered(
+        process,
+        Method::POST,
+        "/api/counter/increment",
+        &[("idempotency-key", key)],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{key}: {}", answer.text());
+    answer.json()["value"].as_i64().expect("a number")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +266,9 @@ async fn the_primary_killed_during_keyed_increments_loses_none_and_counts_each_o
     let new_primary = set.named_primary().expect("a primary is named");
     assert_eq!(counter_on(set.server(new_primary)), Some(total));
     for server in servers.iter() {
-        let counted = call(server, Method::GET, "/api/counter", &[], "").await;
+        // A server may answer a state route 503 a moment longer while it settles on the new
+        // primary, as during any store outage: a client retries, as `Retry-After` tells it.
+        let counted = until_answered(server, Method::GET, "/api/counter", &[]).await;
         assert_eq!(counted.json(), json!({"value": total}));
         let ready = call(server, Method::GET, "/readyz", &[], "").await;
         assert_eq!(ready.status, StatusCode::OK, "never left the rotation");
