@@ -1132,7 +1132,7 @@ impl Filled {
         }
         let freed = 4.min(self.stored);
         for index in 0..freed {
-            let deleted = http::request(addr, "DELETE", &fill_key(index), &[])?;
+            let deleted = write_retrying(addr, "DELETE", &fill_key(index), &[])?;
             ensure!(
                 deleted.status == 204,
                 "DELETE {} answered {} on a full store: {}",
@@ -1142,7 +1142,7 @@ impl Filled {
             );
         }
         let value = vec![b'm'; FILL_VALUE];
-        let again = http::request_with_body(addr, "PUT", &fill_key(0), &[], &value)?;
+        let again = write_retrying(addr, "PUT", &fill_key(0), &value)?;
         ensure!(
             again.status == 201,
             "after deleting {freed} values, PUT answered {}: {}",
@@ -1150,7 +1150,7 @@ impl Filled {
             again.body
         );
         for index in 0..self.stored {
-            let deleted = http::request(addr, "DELETE", &fill_key(index), &[])?;
+            let deleted = write_retrying(addr, "DELETE", &fill_key(index), &[])?;
             ensure!(
                 matches!(deleted.status, 204 | 404),
                 "cleaning up: DELETE {} answered {}",
@@ -1159,6 +1159,22 @@ impl Filled {
             );
         }
         Ok(())
+    }
+}
+
+/// A write through `addr`, sent again after a pause while it answers 503, within 30 s. On the
+/// stack's Redis every write waits for a replica, and replicas still copying a store just
+/// filled with 1 MiB values leave the primary refusing writes for a few seconds (`NOREPLICAS`,
+/// past `min-replicas-max-lag`): 503 with `Retry-After`, which a client retries. Any other
+/// answer (a 507 among them) is returned at once.
+fn write_retrying(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<http::Response> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = http::request_with_body(addr, method, path, &[], body)?;
+        if answer.status != 503 || Instant::now() >= deadline {
+            return Ok(answer);
+        }
+        sleep(Duration::from_millis(250));
     }
 }
 
