@@ -570,13 +570,7 @@ impl Check {
 
     /// "node-1 33.4 %, node-2 33.3 %, node-3 33.3 %".
     pub(crate) fn machine_spread(&self) -> String {
-        let machines = self.machines();
-        let total: u64 = machines.values().sum();
-        machines
-            .iter()
-            .map(|(name, n)| format!("{name} {:.1} %", 100.0 * *n as f64 / total.max(1) as f64))
-            .collect::<Vec<_>>()
-            .join(", ")
+        shares(&self.machines())
     }
 
     /// Responses per version (`x-version`).
@@ -624,25 +618,56 @@ impl Check {
         )
     }
 
-    /// "web.1 33 %, web.2 34 %, web.3 33 %".
+    /// "web.1.k3j2x9 33.4 %, web.2.oizup8 33.3 %, web.3.p0q1r2 33.3 %".
     pub(crate) fn spread(&self) -> String {
-        let total: u64 = self.replicas().values().sum();
+        shares(&self.replicas_by_short_name())
+    }
+
+    /// Responses per replica, named by [`short_name`].
+    pub(crate) fn replicas_by_short_name(&self) -> BTreeMap<String, u64> {
         self.replicas()
-            .iter()
-            .map(|(name, n)| {
-                format!(
-                    "{} {:.1} %",
-                    short_name(name),
-                    100.0 * *n as f64 / total.max(1) as f64
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+            .into_iter()
+            .map(|(name, n)| (short_name(&name), n))
+            .collect()
     }
 }
 
-/// `hello-world_web.2.k3j2x9…` → `web.2.k3j2x9`: the slot and enough of the task id to tell a
-/// replacement from the task it replaced.
+/// "node-1 33.4 %, node-2 33.3 %, node-3 33.3 %": each server's share of the responses.
+pub(crate) fn shares(served: &BTreeMap<String, u64>) -> String {
+    let total: u64 = served.values().sum();
+    served
+        .iter()
+        .map(|(name, n)| format!("{name} {:.1} %", 100.0 * *n as f64 / total.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Fails unless `expected` servers (`what`: replicas, machines) answered and each served at
+/// least a quarter of the requests: the balancer spread them over all, near evenly.
+pub(crate) fn ensure_each_serves_a_quarter(
+    what: &str,
+    served: &BTreeMap<String, u64>,
+    expected: usize,
+) -> Result<()> {
+    ensure!(
+        served.len() == expected,
+        "expected {expected} {what} to answer, got {}: {}",
+        served.len(),
+        shares(served)
+    );
+    let total: u64 = served.values().sum();
+    for (name, n) in served {
+        let share = *n as f64 / total as f64;
+        ensure!(
+            share >= 0.25,
+            "{name} served only {:.1} % of requests: {}",
+            share * 100.0,
+            shares(served)
+        );
+    }
+    Ok(())
+}
+
 /// Waits (within `within`) until a kv write through `addr` is acknowledged again, then deletes
 /// it. With replicated Redis a write is acknowledged once a replica has it, so after an outage
 /// this comes seconds after reads do: the store has recovered only then.
@@ -661,6 +686,8 @@ fn wait_for_acknowledged_write(addr: &str, within: Duration) -> Result<()> {
     Ok(())
 }
 
+/// `hello-world_web.2.k3j2x9…` → `web.2.k3j2x9`: the slot and enough of the task id to tell a
+/// replacement from the task it replaced.
 pub(crate) fn short_name(task: &str) -> String {
     let name = task.strip_prefix("hello-world_").unwrap_or(task);
     let mut parts = name.splitn(3, '.');
@@ -873,6 +900,30 @@ mod tests {
             "web.2.oizup8"
         );
         assert_eq!(short_name("replica-a"), "replica-a");
+    }
+
+    #[test]
+    fn a_spread_passes_only_with_every_server_at_a_quarter_or_more() {
+        let served = |counts: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            counts.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+        };
+        let even = served(&[("node-1", 34), ("node-2", 33), ("node-3", 33)]);
+        ensure_each_serves_a_quarter("machines", &even, 3).expect("an even spread passes");
+        let lopsided = served(&[("node-1", 60), ("node-2", 24), ("node-3", 16)]);
+        let err =
+            ensure_each_serves_a_quarter("machines", &lopsided, 3).expect_err("node-3 is short");
+        assert!(
+            err.to_string().contains("node-2 served only 24.0 %"),
+            "{err}"
+        );
+        let missing = served(&[("node-1", 50), ("node-2", 50)]);
+        let err =
+            ensure_each_serves_a_quarter("machines", &missing, 3).expect_err("node-3 is missing");
+        assert!(
+            err.to_string()
+                .starts_with("expected 3 machines to answer, got 2: node-1 50.0 %"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -538,29 +538,13 @@ fn spread(ctx: &Cluster) -> Result<Figures> {
         "--new-connection",
     ])?;
     check.assert_no_failures()?;
-    let machines = check.machines();
     ensure!(
         check.replicas().len() == 3,
         "expected one replica per machine, {} answered: {}",
         check.replicas().len(),
         check.spread()
     );
-    ensure!(
-        machines.len() == 3,
-        "expected 3 machines to answer, got {}: {}",
-        machines.len(),
-        check.machine_spread()
-    );
-    let total: u64 = machines.values().sum();
-    for (machine, n) in &machines {
-        let share = *n as f64 / total as f64;
-        ensure!(
-            share >= 0.25,
-            "{machine} served only {:.1} %: {}",
-            share * 100.0,
-            check.machine_spread()
-        );
-    }
+    super::ensure_each_serves_a_quarter("machines", &check.machines(), 3)?;
     let placement = check
         .replica_machines()
         .iter()

@@ -97,24 +97,7 @@ pub(super) fn spread(ctx: &Ctx) -> Result<Figures> {
         "--new-connection",
     ])?;
     check.assert_no_failures()?;
-    let replicas = check.replicas();
-    ensure!(
-        replicas.len() == 3,
-        "expected 3 replicas to answer, got {}: {}",
-        replicas.len(),
-        check.spread()
-    );
-    let total: u64 = replicas.values().sum();
-    for (name, n) in &replicas {
-        let share = *n as f64 / total as f64;
-        ensure!(
-            share >= 0.25,
-            "{} served only {:.1} % of requests: {}",
-            short_name(name),
-            share * 100.0,
-            check.spread()
-        );
-    }
+    super::ensure_each_serves_a_quarter("replicas", &check.replicas_by_short_name(), 3)?;
     Ok(vec![
         fig("load", check.summary()),
         fig("requests per replica", check.spread()),
