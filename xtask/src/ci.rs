@@ -1,11 +1,10 @@
 //! `cargo xtask ci`: every check and every test, in the order a failure is cheapest to see.
 //! Two steps need CPU but no wall-clock of their own, so they run at the lowest CPU priority
-//! beside the image builds and the single-engine proofs (which mostly wait): the instruction
-//! budget (a release build in its own target directory, the bare axum reference's, two
-//! callgrind runs of a few seconds; instruction counts do not depend on how busy the machine
-//! is), then fuzzing (the instrumented build of the targets, then each of them for 60 s, two at
-//! a time). The cluster's proofs, whose machines' heartbeats and elections need the CPU on
-//! time, run after both.
+//! beside the image builds and the e2e proofs (which mostly wait), side by side so that both
+//! are done early in the proofs: the instruction budget (a release build in its own target
+//! directory, the bare axum reference's, two callgrind runs of a few seconds; instruction
+//! counts do not depend on how busy the machine is) and fuzzing (the instrumented build of the
+//! targets, then each of them for 60 s, two at a time).
 
 use std::process::Command;
 
@@ -19,13 +18,18 @@ pub(crate) fn run(_args: &[String]) -> Result<()> {
     cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
     cmd!(sh, "cargo nextest run --workspace --no-fail-fast").run()?;
     let background = std::thread::spawn(|| {
-        // The instruction budget of a GET / (callgrind; deterministic, unlike timings here).
-        let budget = budget_niced();
-        // Every parser of client input under libFuzzer, 60 s each, two at a time.
+        // The instruction budget of a GET / (callgrind; deterministic, unlike timings here),
+        // and beside it every parser of client input under libFuzzer, 60 s each, two at a time:
+        // side by side, so that both end early in the proofs.
+        let budget = std::thread::spawn(budget_niced);
         let fuzzed = crate::fuzz::run(&["--nice".to_string()]).context("fuzzing");
+        let budget = budget
+            .join()
+            .map_err(|_| anyhow::anyhow!("the budget thread panicked"))
+            .and_then(|done| done);
         budget.and(fuzzed)
     });
-    let single_engine = (|| {
+    let proofs = (|| {
         // Offline checks of the Kubernetes manifests, the Dockerfile (hadolint), the GKE script.
         crate::manifests::run(&[])?;
         // The service image for amd64 and arm64 with their SBOMs, checked: the arm64 binary
@@ -34,20 +38,17 @@ pub(crate) fn run(_args: &[String]) -> Result<()> {
         // build the proofs below need anyway), then 3 s of checks.
         crate::image::run(&[])?;
         // The image, the Swarm stack and the proofs on it.
-        crate::e2e::run(&[])
+        crate::e2e::run(&[])?;
+        // The same stack on three machines, and the machine failures proved on it, with the
+        // images and check client the proofs above just built.
+        crate::e2e::run(&["--cluster".to_string(), "--no-build".to_string()])
     })();
-    // The cluster's proofs time how machines fail and recover on a 2-core host; the fuzzers
-    // beside them took both cores once for the whole of a proof. So they start when the
-    // budget and the fuzzers are done (which is mostly about when the proofs above end).
     let background = background
         .join()
         .map_err(|_| anyhow::anyhow!("the budget and fuzzing thread panicked"))
         .and_then(|done| done);
-    single_engine?;
-    background?;
-    // The same stack on three machines, and the machine failures proved on it, with the
-    // images and check client the proofs above just built.
-    crate::e2e::run(&["--cluster".to_string(), "--no-build".to_string()])
+    proofs?;
+    background
 }
 
 /// `cargo xtask budget` as a child at the lowest CPU priority, building (xtask too) in
