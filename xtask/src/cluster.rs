@@ -223,9 +223,58 @@ fn start(sh: &Shell) -> Result<Images> {
                 && manager.store_running(sh)?)
         },
     )?;
+    // A Swarm restored from its machines' data places the replicas of machines that were not
+    // Ready yet on the others, and never moves them back.
+    spread_web(sh, SERVICES_TIMEOUT)?;
     wait_serving(SERVICES_TIMEOUT)?;
     eprintln!("cluster: serving after {:.1?}", started.elapsed());
     Ok(images)
+}
+
+/// One `web` replica per machine. A machine that was not Ready when the Swarm placed its
+/// replica (it came back late, or after the rest of a full restart) gets no replica by itself:
+/// Swarm does not move running tasks. So a replica of a machine that holds two is stopped
+/// politely (SIGTERM: it drains) and its replacement goes where the spread preference puts it,
+/// the machine with none. Each wait is bounded by `within`.
+pub(crate) fn spread_web(sh: &Shell, within: Duration) -> Result<()> {
+    for _ in 0..4 {
+        let mut tasks = Vec::new();
+        wait_until(within, "3 running web replicas", || {
+            tasks = running_web(sh)?;
+            Ok(tasks.len() == 3)
+        })?;
+        let Some(crowded) = NODES
+            .into_iter()
+            .find(|node| tasks.iter().filter(|t| t.node == *node).count() > 1)
+        else {
+            return Ok(());
+        };
+        let task = tasks.iter().find(|t| t.node == crowded).context("a task")?;
+        eprintln!(
+            "cluster: {crowded} runs two web replicas; stopping {} so that it moves",
+            task.name
+        );
+        let filter = format!("label=com.docker.swarm.task.id={}", task.id);
+        let container = Engine::Node(crowded).read(sh, &["ps", "-q", "--filter", &filter])?;
+        let container = container.trim();
+        ensure!(!container.is_empty(), "no container for task {}", task.id);
+        Engine::Node(crowded)
+            .read(sh, &["kill", "--signal", "TERM", container])
+            .with_context(|| format!("stopping {} on {crowded}", task.name))?;
+        wait_until(within, "the stopped replica to be replaced", || {
+            let now = running_web(sh)?;
+            Ok(now.len() == 3 && now.iter().all(|t| t.id != task.id))
+        })?;
+    }
+    bail!("the web replicas would not spread one per machine")
+}
+
+/// The `web` tasks running now, as a live manager sees them.
+fn running_web(sh: &Shell) -> Result<Vec<Task>> {
+    Ok(tasks(sh, live_manager(sh)?, WEB)?
+        .into_iter()
+        .filter(Task::running)
+        .collect())
 }
 
 /// Everything `up` can know before it starts anything: each failure is one message.
@@ -881,7 +930,8 @@ pub(crate) fn wait_serving(timeout: Duration) -> Result<()> {
     let mut replicas = std::collections::BTreeSet::new();
     let mut machines = std::collections::BTreeSet::new();
     let mut streak = 0;
-    wait_until(
+    let mut last = String::from("no answer yet");
+    let waited = wait_until(
         timeout,
         "every replica on every machine to answer /readyz 200 through the external balancer",
         || {
@@ -895,7 +945,14 @@ pub(crate) fn wait_serving(timeout: Duration) -> Result<()> {
                     }
                     streak += 1;
                 }
-                _ => streak = 0,
+                Ok(r) => {
+                    last = format!("{} {}", r.status, r.body.trim());
+                    streak = 0;
+                }
+                Err(err) => {
+                    last = format!("{err:#}");
+                    streak = 0;
+                }
             }
             // Machines are counted only when the image names them (`x-node`); an older
             // `hello-world:dev` does not, and still serves.
@@ -903,8 +960,12 @@ pub(crate) fn wait_serving(timeout: Duration) -> Result<()> {
                 && (machines.is_empty() || machines.len() >= 3)
                 && streak >= READY_STREAK)
         },
-    )?;
-    Ok(())
+    );
+    waited.map(|_| ()).with_context(|| {
+        format!(
+            "seen answering 200: replicas {replicas:?}, machines {machines:?}; the last other answer: {last}"
+        )
+    })
 }
 
 /// Removes the cluster: the stack's containers go with their machines. With `volumes`, also

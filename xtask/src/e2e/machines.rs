@@ -407,7 +407,7 @@ fn baseline(ctx: &Cluster) -> Result<()> {
         )?;
         Ok(!matches!(state.trim(), "updating" | "rollback_started"))
     })?;
-    rebalance(ctx)?;
+    cluster::spread_web(ctx.sh(), RECOVERY)?;
     wait_until(RECOVERY, "a balancer on every machine, and Redis", || {
         let manager = ctx.manager()?;
         Ok(manager.replicas(sh, LB)? == (3, 3) && manager.store_running(sh)?)
@@ -434,36 +434,6 @@ fn baseline(ctx: &Cluster) -> Result<()> {
         },
     )?;
     Ok(())
-}
-
-/// One `web` replica per machine. A machine that came back gets no replica by itself (Swarm
-/// does not move running tasks), so a replica of a machine that holds two is stopped politely
-/// (SIGTERM: it drains) and its replacement goes where the spread preference puts it: the
-/// machine with none.
-fn rebalance(ctx: &Cluster) -> Result<()> {
-    let sh = ctx.sh();
-    for _ in 0..4 {
-        let tasks = wait_three_web(ctx)?;
-        let Some(crowded) = NODES
-            .into_iter()
-            .find(|node| tasks.iter().filter(|t| t.node == *node).count() > 1)
-        else {
-            return Ok(());
-        };
-        let task = tasks.iter().find(|t| t.node == crowded).context("a task")?;
-        let filter = format!("label=com.docker.swarm.task.id={}", task.id);
-        let container = Engine::Node(crowded).read(sh, &["ps", "-q", "--filter", &filter])?;
-        let container = container.trim();
-        ensure!(!container.is_empty(), "no container for task {}", task.id);
-        Engine::Node(crowded)
-            .read(sh, &["kill", "--signal", "TERM", container])
-            .with_context(|| format!("stopping {} on {crowded}", task.name))?;
-        wait_until(RECOVERY, "the stopped replica to be replaced", || {
-            let now = ctx.web_tasks(&[])?;
-            Ok(now.len() == 3 && now.iter().all(|t| t.id != task.id))
-        })?;
-    }
-    bail!("the web replicas would not spread one per machine")
 }
 
 fn wait_three_web(ctx: &Cluster) -> Result<Vec<Task>> {
@@ -921,7 +891,7 @@ fn rollout(ctx: &Cluster) -> Result<Figures> {
         versions.contains_key(&ctx.base.version) && versions.contains_key(&ctx.base.next_version),
         "the load did not see both versions during the rollout: {versions:?}"
     );
-    rebalance(ctx)?;
+    cluster::spread_web(ctx.sh(), RECOVERY)?;
     let after = ctx.base.check(&[
         "/",
         "--requests",
