@@ -47,7 +47,7 @@ use crate::api::AppState;
 use crate::config::Config;
 use crate::h2c::{self, Handoff};
 use crate::metrics::Metrics;
-use crate::watchdog::{self, Closing, Progress, Watched};
+use crate::watchdog::{self, Progress, Watched};
 
 /// Largest request head (request line + headers; for HTTP/2, the header list) accepted; more
 /// is answered 431.
@@ -268,23 +268,22 @@ where
         let _ = stream.set_nodelay(true);
         let open = count_connections.then(|| metrics.connection_opened());
         let progress = Arc::new(Progress::default());
-        let closing = Closing::new(progress.clone());
         // Two watchers: a connection upgraded to h2c is two connections in turn.
         let watchers = (graceful.watcher(), graceful.watcher());
         let http = http.clone();
         let app = app(peer);
-        let watched = progress.clone();
-        let task = tokio::spawn(async move {
-            if let Err(err) = serve(stream, app, &http, watched, watchers).await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-            drop((open, permit, closing));
-        });
-        let abort = task.abort_handle();
         tokio::spawn(async move {
-            if watchdog::watch(progress, header_timeout, abort).await {
-                tracing::debug!(%peer, "no progress within the header timeout; closed");
+            // Pinned here and watched by reference: moved into `watch`, the connection's state
+            // (about 2 KiB) would be laid out in this task twice more.
+            let connection = std::pin::pin!(serve(stream, app, &http, progress.clone(), watchers));
+            match watchdog::watch(connection, &progress, header_timeout).await {
+                Some(Ok(())) => {}
+                Some(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+                None => tracing::debug!(%peer, "no progress within the header timeout; closed"),
             }
+            drop((open, permit));
         });
     }
     graceful
