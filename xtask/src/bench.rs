@@ -9,7 +9,9 @@
 //!
 //! Sections (names for `--only`): `peers` (the main table), `concurrency`, `idle`, `echo`,
 //! `counter`, `replication` (increments confirmed by a replica through Sentinel, next to
-//! unreplicated ones, [`replication`]), `stack`, `h2c` (`GET /` over cleartext HTTP/2 with
+//! unreplicated ones, [`replication`]), `stack`, `seed-stack` (HAProxy in front of 3 replicas of
+//! ours, of the seed's Flask app and of nginx, in containers: [`seed_stack`]; not with
+//! `--quick`), `h2c` (`GET /` over cleartext HTTP/2 with
 //! h2load, ours vs nginx, [`h2c`]), `newconn` (`GET /` with `Connection: close`, a new
 //! connection per request, ours vs nginx, [`newconn`]), `profile` (perf profiles of ours and nginx, and
 //! callgrind's instructions per request, [`instructions`]; not with `--quick`). Server names
@@ -29,6 +31,7 @@ mod profile;
 mod redis;
 mod replication;
 mod report;
+mod seed_stack;
 pub(crate) mod servers;
 mod stack;
 
@@ -104,7 +107,7 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "peers",
     "concurrency",
     "idle",
@@ -112,6 +115,7 @@ const SECTIONS: [&str; 10] = [
     "counter",
     "replication",
     "stack",
+    "seed-stack",
     "h2c",
     "newconn",
     "profile",
@@ -124,6 +128,8 @@ fn measures(section: &str, server: &str) -> bool {
         "concurrency" | "idle" => matches!(server, "ours-glibc" | "nginx" | "go"),
         "echo" | "counter" | "replication" => server == "ours-glibc",
         "stack" => server == "ours-musl",
+        // Containers of images of its own (the service image among them): no server built here.
+        "seed-stack" => false,
         "h2c" => matches!(server, "ours-glibc" | "ours-musl" | "nginx"),
         "newconn" => newconn::SERVERS.contains(&server),
         "profile" => matches!(server, "ours-glibc" | "ours-musl" | "axum-bare" | "nginx"),
@@ -227,6 +233,7 @@ pub(crate) struct Results {
     pub(crate) counter: Option<Result<redis::CounterResult, String>>,
     pub(crate) replication: Option<Result<replication::ReplicationResult, String>>,
     pub(crate) stack: Option<Result<stack::StackResult, String>>,
+    pub(crate) seed_stack: Option<Result<seed_stack::SeedStackResult, String>>,
     pub(crate) h2c: Option<h2c::H2cResult>,
     pub(crate) newconn: Option<newconn::NewConnResult>,
     pub(crate) profile: Option<Vec<(String, Result<profile::Profile, String>)>>,
@@ -352,6 +359,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 }
             },
         );
+    }
+    if only.section("seed-stack") {
+        results.seed_stack = Some(if quick {
+            Err("not run with --quick (its images take minutes to build the first time)".into())
+        } else {
+            seed_stack::run(&plan, &logs).map_err(|e| format!("{e:#}"))
+        });
     }
     if only.section("h2c") {
         results.h2c = Some(h2c::run(&plan, &specs, &logs));

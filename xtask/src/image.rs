@@ -20,6 +20,9 @@
 //! - `hello-world-node:bookworm` (Debian's `docker.io`: a machine of the three-machine cluster)
 //!   and `hello-world-registry:bookworm` (Debian's `docker-registry`: the cluster's registry),
 //!   made the same way, only for `cargo xtask cluster`.
+//! - `hello-world-seed-python:bookworm` (Debian's `python3`: the base of the seed's Flask app) and
+//!   `hello-world-seed-nginx:bookworm` (Debian's `nginx-light`), made the same way, only for the
+//!   bench's `seed-stack` section.
 //!
 //! `cargo xtask image` also lints the Dockerfile with `hadolint` when it is installed (CI installs
 //! it and runs the lint unconditionally through [`lint_dockerfile`]).
@@ -37,6 +40,8 @@ pub(crate) const HAPROXY_IMAGE: &str = "hello-world-haproxy:bookworm";
 pub(crate) const REDIS_IMAGE: &str = "hello-world-redis:bookworm";
 pub(crate) const NODE_IMAGE: &str = "hello-world-node:bookworm";
 pub(crate) const REGISTRY_IMAGE: &str = "hello-world-registry:bookworm";
+pub(crate) const SEED_PYTHON_IMAGE: &str = "hello-world-seed-python:bookworm";
+pub(crate) const SEED_NGINX_IMAGE: &str = "hello-world-seed-nginx:bookworm";
 /// The Debian release of the base images.
 const SUITE: &str = "bookworm";
 
@@ -659,6 +664,43 @@ const REGISTRY: BaseImage = BaseImage {
     ],
     prepare: &[],
 };
+
+/// What the bench's `seed-stack` section runs besides the service: the balancer, the Python the
+/// seed's Flask app runs on, and nginx.
+pub(crate) const SEED_STACK_IMAGES: &[BaseImage] = &[HAPROXY, SEED_PYTHON, SEED_NGINX];
+
+/// The seed's `FROM python:3.7-slim-buster`, which cannot be pulled: Debian's Python 3 and the
+/// `python` command its `CMD ["python", "app.py"]` calls. `bench::seed_stack` builds the app's
+/// image on it from `bench/reference/seed/Dockerfile`.
+const SEED_PYTHON: BaseImage = BaseImage {
+    tag: SEED_PYTHON_IMAGE,
+    packages: &["python3", "python-is-python3"],
+    changes: &[],
+    prepare: &[],
+};
+
+/// nginx for the bench's `seed-stack` section, which mounts its configuration
+/// (`bench/reference/seed/nginx.conf`) over Debian's; in the foreground, as a container's process.
+const SEED_NGINX: BaseImage = BaseImage {
+    tag: SEED_NGINX_IMAGE,
+    packages: &["nginx-light"],
+    changes: &["EXPOSE 5000", r#"CMD ["nginx", "-g", "daemon off;"]"#],
+    prepare: &[],
+};
+
+/// Builds the service image (`hello-world:dev` and its version's tag) for this machine's
+/// platform if it is missing, as the stack and the bench run it.
+pub(crate) fn ensure_dev_image(sh: &Shell) -> Result<()> {
+    if !image_exists(sh, DEV_TAG) {
+        let version = crate_version(sh)?;
+        build_app_image(
+            sh,
+            &version,
+            &[DEV_TAG.to_string(), format!("hello-world:{version}")],
+        )?;
+    }
+    Ok(())
+}
 
 /// Builds the single-engine stack's base images that are missing.
 pub(crate) fn ensure_base_images(sh: &Shell) -> Result<()> {

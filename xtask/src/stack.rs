@@ -241,14 +241,7 @@ pub(crate) fn up(sh: &Shell) -> Result<()> {
         );
     }
     image::ensure_base_images(sh)?;
-    if !image::image_exists(sh, image::DEV_TAG) {
-        let version = image::crate_version(sh)?;
-        image::build_app_image(
-            sh,
-            &version,
-            &[image::DEV_TAG.to_string(), format!("hello-world:{version}")],
-        )?;
-    }
+    image::ensure_dev_image(sh)?;
     ensure_swarm(sh)?;
     deploy(sh, Engine::Host, &Images::local())?;
     let started = Instant::now();

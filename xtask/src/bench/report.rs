@@ -906,6 +906,7 @@ fn growth(w: &mut String, r: &Results) {
             }
         }
     }
+    super::seed_stack::markdown(w, r.seed_stack.as_ref());
 
     let _ = writeln!(
         w,
