@@ -8,7 +8,9 @@
 //! Each server runs under callgrind with instrumentation off, is warmed up, and is counted
 //! over a `wrk` run between `callgrind_control -i on` and `-i off`; the count divided by the
 //! requests wrk completed is the figure. Counted with 8 connections: callgrind makes the server
-//! ~50× slower, and a few connections keep it saturated without wrk timing out.
+//! ~50× slower, and a few connections keep it saturated without wrk timing out. Requests are
+//! counted on kept-alive connections ([`count`]) or each on a connection of its own
+//! ([`count_new_connections`]: accepting, setting up and closing it included).
 
 use std::{fs, path::Path, process::Command};
 
@@ -33,9 +35,27 @@ pub(crate) struct Count {
     pub(crate) load: String,
 }
 
-/// Counts the instructions `spec` executes per `GET /` (see the module docs).
+/// Counts the instructions `spec` executes per `GET /` on kept-alive connections (see the
+/// module docs).
 pub(crate) fn count(spec: &Spec, logs: &Path) -> Result<Count> {
-    let out = servers::work_dir().join(format!("callgrind-{}.out", spec.name));
+    counted(spec, logs, "", |seconds| {
+        Wrk::get(spec.url("/"), CONNECTIONS, seconds)
+    })
+}
+
+/// Counts the instructions `spec` executes per `GET /` with `Connection: close`: a connection
+/// accepted, served and closed for every request.
+pub(crate) fn count_new_connections(spec: &Spec, logs: &Path) -> Result<Count> {
+    counted(spec, logs, "-newconn", |seconds| Wrk {
+        close: true,
+        ..Wrk::get(spec.url("/"), CONNECTIONS, seconds)
+    })
+}
+
+/// Runs `spec` under callgrind and counts it over the load `wrk(seconds)` makes; `label` keeps
+/// the profiles of different loads apart.
+fn counted(spec: &Spec, logs: &Path, label: &str, wrk: impl Fn(u32) -> Wrk) -> Result<Count> {
+    let out = servers::work_dir().join(format!("callgrind-{}{label}.out", spec.name));
     let dump = out.with_extension("out.1");
     for stale in [&out, &dump] {
         let _ = fs::remove_file(stale);
@@ -50,32 +70,32 @@ pub(crate) fn count(spec: &Spec, logs: &Path) -> Result<Count> {
     ];
     under.args.extend(spec.args.iter().cloned());
     under.args.extend(spec.one_process_args.iter().cloned());
-    let log = logs.join(format!("{}-callgrind.log", spec.name));
+    let log = logs.join(format!("{}{label}-callgrind.log", spec.name));
     let (_, server) = servers::start_timed(&under, &log)?;
     let pid = server.pid().to_string();
     let counted = (|| {
-        load::run(&Wrk::get(spec.url("/"), CONNECTIONS, 1))?;
+        load::run(&wrk(1))?;
         callgrind_control(&["-i", "on", &pid])?;
-        let wrk = load::run(&Wrk::get(spec.url("/"), CONNECTIONS, SECONDS));
+        let done = load::run(&wrk(SECONDS));
         callgrind_control(&["-i", "off", &pid])?;
-        let wrk = wrk?;
+        let done = done?;
         callgrind_control(&["--dump", &pid])?;
         let text =
             fs::read_to_string(&dump).with_context(|| format!("reading {}", dump.display()))?;
         let total = totals(&text).with_context(|| format!("no totals in {}", dump.display()))?;
-        if wrk.requests == 0 {
+        if done.requests == 0 {
             bail!(
                 "wrk completed no request under callgrind; see {}",
                 log.display()
             );
         }
         Ok(Count {
-            per_request: total as f64 / wrk.requests as f64,
-            requests: wrk.requests,
+            per_request: total as f64 / done.requests as f64,
+            requests: done.requests,
             server: under
                 .command_line()
                 .replace(&servers::work_dir().display().to_string(), "target/bench"),
-            load: Wrk::get(spec.url("/"), CONNECTIONS, SECONDS).command_line(),
+            load: wrk(SECONDS).command_line(),
         })
     })();
     server.stop()?;

@@ -3,14 +3,17 @@
 //! connections make servers do. The main table's method: every server pinned to CPU 0 and wrk to
 //! CPU 1, started fresh each round, the order rotating over rounds, medians; CPU per request is
 //! the server tree's utime+stime over the run ÷ the requests wrk completed (kernel time
-//! included: accepting and closing a connection is mostly the kernel's work).
+//! included: accepting and closing a connection is mostly the kernel's work). Then the user-space
+//! part alone, which is where the servers differ: instructions per request counted by
+//! callgrind ([`instructions::count_new_connections`]), for ours and nginx, beside ours on
+//! kept-alive connections.
 
 use std::fmt::Write as _;
 
 use anyhow::Result;
 
 use super::{
-    Plan,
+    Plan, instructions,
     load::{self, Measured, Wrk},
     median,
     servers::{self, Spec},
@@ -30,7 +33,21 @@ pub(crate) struct NewConnResult {
     pub(crate) line: String,
     /// Each server's rounds, or why it could not be measured.
     pub(crate) servers: Vec<(&'static str, Result<Vec<Measured>, String>)>,
+    /// Instructions per request (callgrind), or why they could not be counted.
+    pub(crate) instructions: Vec<Counted>,
 }
+
+/// One server's user-space instructions per request, on new and on kept-alive connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Counted {
+    pub(crate) server: &'static str,
+    pub(crate) new_connection: Result<instructions::Count, String>,
+    pub(crate) kept_alive: Result<instructions::Count, String>,
+}
+
+/// The servers whose instructions are counted: ours as users run it outside the image (the
+/// glibc build's profile is the budget's) and the reference.
+const COUNTED: [&str; 2] = ["ours-glibc", "nginx"];
 
 fn wrk(spec: &Spec, seconds: u32) -> Wrk {
     Wrk {
@@ -62,7 +79,23 @@ pub(crate) fn run(plan: &Plan, specs: &[Spec], logs: &std::path::Path) -> NewCon
             }
         }
     }
+    let instructions = specs
+        .iter()
+        .filter(|spec| COUNTED.contains(&spec.name))
+        .map(|spec| {
+            eprintln!("bench: new connections: {} under callgrind", spec.name);
+            let counted = |count: fn(&Spec, &std::path::Path) -> Result<instructions::Count>| {
+                count(spec, logs).map_err(|e| format!("{e:#}"))
+            };
+            Counted {
+                server: spec.name,
+                new_connection: counted(instructions::count_new_connections),
+                kept_alive: counted(instructions::count),
+            }
+        })
+        .collect();
     NewConnResult {
+        instructions,
         rounds: plan.rounds,
         warmup_s: plan.warmup_s,
         line: specs
@@ -174,6 +207,65 @@ pub(crate) fn markdown(w: &mut String, r: Option<&NewConnResult>) {
             }
         }
     }
+    instructions_markdown(w, &r.instructions);
+}
+
+/// The user-space part: instructions per request, new connection vs kept alive, vs nginx.
+fn instructions_markdown(w: &mut String, counted: &[Counted]) {
+    if counted.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\nUser space alone: instructions per request counted by callgrind (the server under valgrind, \
+         instrumentation on for one wrk run), on a new connection each and on kept-alive connections. \
+         The difference between the two columns is what a connection costs in user space.\n"
+    );
+    let per = |c: &Result<instructions::Count, String>| c.as_ref().ok().map(|c| c.per_request);
+    let nginx_new = counted
+        .iter()
+        .find(|c| c.server == "nginx")
+        .and_then(|c| per(&c.new_connection));
+    let _ = writeln!(
+        w,
+        "| server | instructions/request, new connection | kept alive | a connection's own | new connection ÷ nginx |\n|---|---:|---:|---:|---:|"
+    );
+    for c in counted {
+        let cell = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
+        let (new, kept) = (per(&c.new_connection), per(&c.kept_alive));
+        let own = new.zip(kept).map(|(n, k)| n - k);
+        let ratio = new
+            .zip(nginx_new)
+            .filter(|(_, n)| *n > 0.0)
+            .map_or("–".to_owned(), |(o, n)| format!("{:.2}", o / n));
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {ratio} |",
+            c.server,
+            cell(new),
+            cell(kept),
+            cell(own)
+        );
+    }
+    for c in counted {
+        for (what, count) in [
+            ("new connection", &c.new_connection),
+            ("kept alive", &c.kept_alive),
+        ] {
+            match count {
+                Ok(count) => {
+                    let _ = writeln!(
+                        w,
+                        "\n{} ({what}, {} requests counted):\n```\n{}\n{}\n```",
+                        c.server, count.requests, count.server, count.load
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(w, "\n{} ({what}): not counted: {e}", c.server);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +304,18 @@ mod tests {
                 ("ours-musl", Err("it broke".into())),
                 ("nginx", Ok(vec![measured(400_000, 10.0)])),
             ],
+            instructions: vec![
+                Counted {
+                    server: "ours-glibc",
+                    new_connection: Ok(count(30_424.0)),
+                    kept_alive: Ok(count(14_912.0)),
+                },
+                Counted {
+                    server: "nginx",
+                    new_connection: Ok(count(9_945.0)),
+                    kept_alive: Err("valgrind is missing".into()),
+                },
+            ],
         };
         let mut w = String::new();
         markdown(&mut w, Some(&r));
@@ -222,6 +326,24 @@ mod tests {
         );
         assert!(w.contains("| ours-musl | failed: it broke |"), "{w}");
         assert!(w.contains("| nginx | 40000 | 25.0 |"), "{w}");
+        assert!(
+            w.contains("| ours-glibc | 30424 | 14912 | 15512 | 3.06 |"),
+            "{w}"
+        );
+        assert!(w.contains("| nginx | 9945 | – | – | 1.00 |"), "{w}");
+        assert!(
+            w.contains("nginx (kept alive): not counted: valgrind is missing"),
+            "{w}"
+        );
+    }
+
+    fn count(per_request: f64) -> instructions::Count {
+        instructions::Count {
+            per_request,
+            requests: 1000,
+            server: "valgrind server".into(),
+            load: "taskset wrk".into(),
+        }
     }
 
     #[test]
